@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every test: the library (tiny profile) and all notebooks under nbval (small profile).
+# Sets itself up on a fresh machine. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_env.sh
+export TUTORIAL_PROFILE="${TUTORIAL_PROFILE:-small}"
+export TUTORIAL_CACHE_DIR="${TUTORIAL_CACHE_DIR:-$PWD/.cache/tutorial_lib}"
+export PYDEVD_DISABLE_FILE_VALIDATION=1
+rc=0
+"$PY" -m pytest tests notebooks --nbval --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider "$@" || rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$rc"

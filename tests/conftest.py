@@ -1,0 +1,18 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny-profile memorisation run, shared by the tests that only read its result."""
+    from tutorial_lib.memorization import MemorizationConfig, run_memorization
+
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = MemorizationConfig.for_profile("tiny")
+    return cfg, cache, run_memorization(cfg, seed=0, device="cpu", cache_dir=cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer():
+    from tutorial_lib.tokenization import make_byte_tokenizer
+
+    return make_byte_tokenizer()

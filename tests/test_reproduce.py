@@ -1,0 +1,16 @@
+import json
+
+from tutorial_lib.reproduce import main
+
+
+def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "results"
+    assert main(["--profile", "tiny", "--out", str(out), "--device", "cpu"]) == 0
+    table = (out / "memorization_exposure.md").read_text()
+    assert "| canary | inserted |" in table and "100x" in table
+    data = json.loads((out / "memorization_exposure.json").read_text())
+    assert data["config"]["profile"] == "tiny" and "torch" in data["versions"]
+    assert len(data["exposures"]) == len(data["canaries"])
+    png = (out / "memorization_exposure.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -1,0 +1,37 @@
+"""tutorial_lib: second-order machine unlearning for language models, the library behind the course.
+
+Nothing runs at import time; submodules load their heavy dependencies when called.
+"""
+from .canaries import Canary, InsertedCorpus, RandomnessSpace, insert_canaries, make_canaries
+from .cache import CheckpointMismatchError, cache_root, load_run, save_run
+from .data import CORPORA, CorpusSplits, DataError, corpus_path, load_corpus, verify_data
+from .evaluation import compute_loss, compute_perplexity, compute_text_perplexity, tokenize_lines
+from .exposure import (
+    CandidateTrie,
+    ExposureEstimate,
+    ExposureResult,
+    build_trie,
+    canary_texts,
+    canary_trie,
+    compute_exposure,
+    estimate_exposure,
+    exposure_from_scores,
+    score_candidates,
+    score_candidates_bruteforce,
+    score_trie,
+)
+from .memorization import MemorizationConfig, MemorizationResult, run_memorization, train_memorization_model
+from .models import ModelConfig, count_parameters, load_pretrained, make_model
+from .notebook import NotebookSetup, setup_notebook
+from .plotting import (
+    plot_exact_vs_estimate,
+    plot_exposure_trajectory,
+    plot_exposure_vs_insertions,
+    plot_training_curve,
+    use_style,
+)
+from .profiles import PROFILES, resolve_device, resolve_profile
+from .tokenization import make_byte_tokenizer, train_bpe_tokenizer
+from .training import TrainConfig, TrainHistory, train_language_model
+
+__version__ = "0.1.0"

@@ -1,0 +1,67 @@
+"""Train-or-load cache for trained models, keyed by the full run config.
+
+Weights are stored with ``save_pretrained`` (safetensors) beside a ``run.json`` holding the config
+and everything the run measured. Used by notebook 03 and every later notebook that reuses a model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+CACHE_ENV = "TUTORIAL_CACHE_DIR"
+CACHE_FORMAT = 1
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A cached checkpoint was made with a different config than the one asked for."""
+
+
+def cache_root(path: str | os.PathLike | None = None) -> Path:
+    """``path`` if given, else ``$TUTORIAL_CACHE_DIR``, else ``~/.cache/tutorial_lib``."""
+    if path is not None:
+        return Path(path)
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tutorial_lib")
+
+
+def config_key(config: dict) -> str:
+    """Short sha256 of the canonical JSON of ``config`` (plus the cache format version)."""
+    blob = json.dumps({"format": CACHE_FORMAT, **config}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def save_run(folder: str | os.PathLike, model, tokenizer, config: dict, record: dict) -> Path:
+    """Save weights (safetensors), tokenizer and ``run.json`` = {config, record} into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    tmp = folder / "run.json.tmp"
+    tmp.write_text(json.dumps({"format": CACHE_FORMAT, "config": config, "record": record}, indent=1, default=str))
+    tmp.replace(folder / "run.json")  # written last: its presence marks a complete checkpoint
+    return folder
+
+
+def load_run(folder: str | os.PathLike, expected_config: dict | None = None, device: str = "cpu"):
+    """Load ``(model, tokenizer, record)`` from ``folder``; raise :class:`CheckpointMismatchError`
+    naming the differing keys when ``expected_config`` is given and differs from the stored one."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    meta_path = folder / "run.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no checkpoint in {folder} (run.json missing)")
+    meta = json.loads(meta_path.read_text())
+    if expected_config is not None:
+        stored = meta.get("config", {})
+        wanted = json.loads(json.dumps(expected_config, default=str))
+        diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        if diff:
+            raise CheckpointMismatchError(
+                f"checkpoint {folder} does not match the requested config; differing keys: {', '.join(diff)}"
+            )
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True).to(device)
+    model.eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    return model, tokenizer, meta.get("record", {})

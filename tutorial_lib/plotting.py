@@ -1,0 +1,88 @@
+"""Figures. Every ``plot_*`` draws on a given Axes (or a new one) and returns it; nothing is saved or
+shown here. Used by notebooks 03 onwards and by the reproduction command."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def use_style() -> None:
+    """The course's one plot style (seaborn "whitegrid"). Call it once, in the setup cell."""
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
+
+
+def _axes(ax):
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    return ax
+
+
+def _label(k: int) -> str:
+    return "control" if k == 0 else f"{k}x"
+
+
+def plot_exposure_vs_insertions(result, ax=None):
+    """Exact exposure of each canary against how often it was inserted; controls at the left.
+    Notebook 03, "Exposure against insertions"."""
+    ax = _axes(ax)
+    counts = sorted({e["insertions"] for e in result.exposures})
+    for x, k in enumerate(counts):
+        ys = result.exposure_of(k)
+        ax.scatter(np.full(len(ys), x) + np.linspace(-0.08, 0.08, len(ys)), ys, s=40, zorder=3, label=None)
+    ax.axhline(result.max_bits, color="grey", ls="--", lw=1, label=f"maximum, log2|R| = {result.max_bits:.1f}")
+    ax.set_xticks(range(len(counts)), [_label(k) for k in counts])
+    ax.set_xlabel("insertions in the training data")
+    ax.set_ylabel("exposure (bits)")
+    ax.set_ylim(-0.5, result.max_bits + 1.5)
+    ax.legend(loc="upper left", fontsize="small")
+    return ax
+
+
+def plot_exposure_trajectory(result, ax=None):
+    """Exposure of one canary per insertion count at each validation step of training.
+    Notebook 03, "Exposure over training"."""
+    ax = _axes(ax)
+    inserted = {e["name"]: e["insertions"] for e in result.exposures}
+    for name, points in result.trajectory.items():
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o", label=f"{name} ({_label(inserted[name])})")
+    ax.axhline(result.max_bits, color="grey", ls="--", lw=1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("exposure (bits)")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_exact_vs_estimate(result, ax=None):
+    """Skew-normal estimate against exact exposure, one point per canary, with the diagonal.
+    Notebook 03, "Estimating exposure"."""
+    ax = _axes(ax)
+    rows = result.rows()
+    exact = [r["exposure"] for r in rows]
+    est = [r["estimate"] for r in rows]
+    top = max(max(exact), max(est), result.max_bits) + 1
+    ax.plot([0, top], [0, top], color="grey", ls="--", lw=1, label="estimate = exact")
+    ax.scatter(exact, est, s=40, zorder=3)
+    for r in rows:
+        ax.annotate(r["name"], (r["exposure"], r["estimate"]), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("exact exposure (bits)")
+    ax.set_ylabel("skew-normal estimate (bits)")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_training_curve(history: dict, ax=None, smooth: int = 25):
+    """Training loss (moving average over ``smooth`` steps) and validation loss, in nats."""
+    ax = _axes(ax)
+    train = np.asarray(history["train_loss"])
+    window = max(1, min(smooth, len(train)))
+    avg = np.convolve(train, np.ones(window) / window, mode="valid")
+    ax.plot(np.arange(window, len(train) + 1), avg, label="train (moving average)")
+    ax.plot(history["val_steps"], history["val_loss"], marker="o", label="validation")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.legend(fontsize="small")
+    return ax
