@@ -24,7 +24,9 @@ def test_tiny_run_reports_estimates_and_trajectory(tiny_run):
     for r in rows:
         assert r["estimate_error"] == pytest.approx(r["estimate"] - r["exposure"])
     steps = [s for s, _ in next(iter(result.trajectory.values()))]
-    assert steps == list(range(cfg.train.eval_every, cfg.train.steps + 1, cfg.train.eval_every))
+    t = cfg.train
+    assert steps == sorted(set(t.eval_steps) | set(range(t.eval_every, t.steps + 1, t.eval_every)))
+    assert steps == result.history["val_steps"]
     json.dumps(result.to_dict())
     assert "| carol | 100x |" in result.table_markdown()
 

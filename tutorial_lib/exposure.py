@@ -118,7 +118,9 @@ def build_trie(tokenizer, texts: list[str]) -> CandidateTrie:
     return CandidateTrie(array[0, :shared].copy(), depth, *_build_levels(array[:, shared:], depth))
 
 
-_TAIL_CACHE: dict = {}
+_TAIL_CACHE: dict = {}  # tokenized tails of recent large candidate sets
+_LEVEL_CACHE: dict = {}  # the trie levels of the most recent one
+_CACHE_MIN = 50_000
 
 
 def build_split_trie(tokenizer, head: str, tails: list[str], check: int = 256, seed: int = 0) -> CandidateTrie:
@@ -130,12 +132,15 @@ def build_split_trie(tokenizer, head: str, tails: list[str], check: int = 256, s
     The tails' trie is cached, so canaries that differ only in their head share it."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     key = (id(tokenizer), hash(backend.to_str()) if backend is not None else len(tokenizer), hash(tuple(tails)))
-    if key not in _TAIL_CACHE:
+    cached = _TAIL_CACHE.pop(key, None)
+    if cached is None:
         array, lengths = _pad(_tokenize(tokenizer, tails))
-        while len(_TAIL_CACHE) >= 8:  # a million-candidate entry is ~100 MB: keep a few
+        cached = (array, lengths, _common_prefix(array, lengths))
+    if len(tails) >= _CACHE_MIN:  # only large sets are worth keeping; most recently used last
+        while len(_TAIL_CACHE) >= 4:  # a million-candidate entry is ~150 MB: keep a few
             _TAIL_CACHE.pop(next(iter(_TAIL_CACHE)))
-        _TAIL_CACHE[key] = (array, lengths, _common_prefix(array, lengths))
-    array, lengths, tail_shared = _TAIL_CACHE[key]
+        _TAIL_CACHE[key] = cached
+    array, lengths, tail_shared = cached
     head_ids = np.asarray(_tokenize(tokenizer, [head])[0] if head else [], dtype=np.int64)
     rng = np.random.default_rng(seed)
     sample = np.unique(np.concatenate([[0, len(tails) - 1], rng.integers(0, len(tails), size=check)]))
@@ -146,11 +151,14 @@ def build_split_trie(tokenizer, head: str, tails: list[str], check: int = 256, s
     shared_ids = np.concatenate([head_ids, array[0, :tail_shared]])
     if len(shared_ids) == 0:
         shared_ids = np.asarray([_start_token(tokenizer)], dtype=np.int64)
-    cache_key = ("levels",) + key
-    if cache_key not in _TAIL_CACHE:
+    levels = _LEVEL_CACHE.get(key)
+    if levels is None:
         depth = lengths - tail_shared
-        _TAIL_CACHE[cache_key] = (depth, *_build_levels(array[:, tail_shared:], depth))
-    depth, tokens, parents, node_of = _TAIL_CACHE[cache_key]
+        levels = (depth, *_build_levels(array[:, tail_shared:], depth))
+        if key in _TAIL_CACHE:
+            _LEVEL_CACHE.clear()
+            _LEVEL_CACHE[key] = levels
+    depth, tokens, parents, node_of = levels
     return CandidateTrie(shared_ids, depth, tokens, parents, node_of)
 
 

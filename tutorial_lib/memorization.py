@@ -61,6 +61,7 @@ class MemorizationConfig:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["insertions"] = list(self.insertions)
+        out["train"]["eval_steps"] = list(self.train.eval_steps)
         return out
 
 

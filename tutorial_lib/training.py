@@ -13,7 +13,8 @@ from .evaluation import compute_loss
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; ``eval_every`` steps the validation loss is measured on ``eval_blocks`` blocks."""
+    """Optimisation settings. The validation loss (on ``eval_blocks`` blocks) is measured every
+    ``eval_every`` steps, at the extra ``eval_steps``, and at the end."""
 
     steps: int = 1000
     batch_size: int = 32
@@ -25,6 +26,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 250
     eval_blocks: int = 64
+    eval_steps: tuple[int, ...] = ()
 
     @classmethod
     def for_profile(cls, profile: str) -> "TrainConfig":
@@ -32,10 +34,10 @@ class TrainConfig:
 
         profile = resolve_profile(profile)
         if profile == "tiny":
-            return cls(steps=150, batch_size=16, block_size=64, lr=5e-3, warmup_steps=10, eval_every=50, eval_blocks=16)
+            return cls(steps=150, batch_size=16, block_size=64, lr=5e-3, warmup_steps=10, eval_every=50, eval_blocks=16, eval_steps=(25,))
         if profile == "small":
-            return cls(steps=800, eval_every=200)
-        return cls(steps=4000, batch_size=64, block_size=256, lr=1e-3, warmup_steps=200, eval_every=500, eval_blocks=128)
+            return cls(steps=800, eval_every=200, eval_steps=(50, 100))
+        return cls(steps=4000, batch_size=64, block_size=256, lr=1e-3, warmup_steps=200, eval_every=500, eval_blocks=128, eval_steps=(100, 250))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,8 +77,9 @@ def train_language_model(
     on_eval: Callable[[int, object], None] | None = None,
     progress: bool = True,
 ) -> TrainHistory:
-    """Train ``model`` in place on random windows of ``train_ids``; every ``cfg.eval_every`` steps (and
-    at the end) measure the validation loss and call ``on_eval(step, model)``. Notebook 03, "Training"."""
+    """Train ``model`` in place on random windows of ``train_ids``; at every validation step (see
+    :class:`TrainConfig`) measure the validation loss and call ``on_eval(step, model)``.
+    Notebook 03, "The experiment"."""
     from tqdm.auto import tqdm
 
     if len(train_ids) <= cfg.block_size + 1:
@@ -105,7 +108,7 @@ def train_language_model(
         optimizer.step()
         history.train_loss.append(loss.item())
         done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        if done % cfg.eval_every == 0 or done == cfg.steps or done in cfg.eval_steps:
             val = compute_loss(model, val_ids, cfg.block_size, max_blocks=cfg.eval_blocks, device=device)
             history.val_steps.append(done)
             history.val_loss.append(val)
