@@ -24,6 +24,7 @@ from .memorization import MemorizationConfig, MemorizationResult, run_memorizati
 from .models import ModelConfig, count_parameters, load_pretrained, make_model
 from .notebook import NotebookSetup, setup_notebook
 from .plotting import (
+    plot_candidate_distribution,
     plot_exact_vs_estimate,
     plot_exposure_trajectory,
     plot_exposure_vs_insertions,

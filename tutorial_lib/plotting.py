@@ -86,3 +86,23 @@ def plot_training_curve(history: dict, ax=None, smooth: int = 25):
     ax.set_ylabel("loss (nats / token)")
     ax.legend(fontsize="small")
     return ax
+
+
+def plot_candidate_distribution(scores_bits, secret_index: int, estimate=None, ax=None, bins: int = 120):
+    """Histogram of every candidate's log-perplexity, the true secret marked, and (given an
+    :class:`~tutorial_lib.exposure.ExposureEstimate`) the fitted skew-normal density.
+    Notebook 03, "Estimating exposure"."""
+    from scipy import stats
+
+    ax = _axes(ax)
+    scores = np.asarray(scores_bits)
+    ax.hist(scores, bins=bins, density=True, alpha=0.6, label=f"{scores.size:,} candidates")
+    if estimate is not None:
+        grid = np.linspace(scores.min(), scores.max(), 400)
+        pdf = stats.skewnorm.pdf(grid, estimate.shape, loc=estimate.loc, scale=estimate.scale)
+        ax.plot(grid, pdf, color="black", lw=1.2, label="skew-normal fit")
+    ax.axvline(scores[secret_index], color="C3", lw=2, label="true secret")
+    ax.set_xlabel("log-perplexity of the filled canary (bits)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize="small")
+    return ax
