@@ -8,7 +8,7 @@ export TUTORIAL_PROFILE="${TUTORIAL_PROFILE:-small}"
 export TUTORIAL_CACHE_DIR="${TUTORIAL_CACHE_DIR:-$PWD/.cache/tutorial_lib}"
 export PYDEVD_DISABLE_FILE_VALIDATION=1
 rc=0
-"$PY" -m pytest tests notebooks --nbval --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider "$@" || rc=$?
+"$PY" -m pytest tests notebooks --nbval --nbval-current-env --nbval-cell-timeout=1800 -p no:cacheprovider --durations=15 "$@" || rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: failing" >&2
   exit 1

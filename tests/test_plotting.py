@@ -15,6 +15,7 @@ def test_every_plot_draws_on_the_given_axes(tiny_run):
     assert tl.plot_exact_vs_estimate(result, ax=axes[2]) is axes[2]
     assert tl.plot_training_curve(result.history, ax=axes[3]) is axes[3]
     assert len(axes[1].get_lines()) >= len(result.trajectory)
+    assert {t.get_text().split()[0] for t in axes[1].texts} == set(result.trajectory)
     plt.close(fig)
 
 

@@ -24,6 +24,12 @@ def _label(k: int) -> str:
     return "control" if k == 0 else f"{k}x"
 
 
+def _colour(k: int, counts) -> str:
+    """One colour per insertion count, the same in every figure; controls grey."""
+    inserted = sorted(c for c in set(counts) if c)
+    return "grey" if k == 0 else f"C{inserted.index(k) % 10}"
+
+
 def plot_exposure_vs_insertions(result, ax=None):
     """Exact exposure of each canary against how often it was inserted; controls at the left.
     Notebook 03, "Exposure against insertions"."""
@@ -31,7 +37,7 @@ def plot_exposure_vs_insertions(result, ax=None):
     counts = sorted({e["insertions"] for e in result.exposures})
     for x, k in enumerate(counts):
         ys = result.exposure_of(k)
-        ax.scatter(np.full(len(ys), x) + np.linspace(-0.08, 0.08, len(ys)), ys, s=40, zorder=3, label=None)
+        ax.scatter(np.full(len(ys), x) + np.linspace(-0.08, 0.08, len(ys)), ys, s=40, zorder=3, color=_colour(k, counts))
     ax.axhline(result.max_bits, color="grey", ls="--", lw=1, label=f"maximum, log2|R| = {result.max_bits:.1f}")
     ax.set_xticks(range(len(counts)), [_label(k) for k in counts])
     ax.set_xlabel("insertions in the training data")
@@ -48,11 +54,14 @@ def plot_exposure_trajectory(result, ax=None):
     inserted = {e["name"]: e["insertions"] for e in result.exposures}
     for name, points in result.trajectory.items():
         steps, values = zip(*points)
-        ax.plot(steps, values, marker="o", label=f"{name} ({_label(inserted[name])})")
+        k = inserted[name]
+        ax.plot(steps, values, marker="o", color=_colour(k, inserted.values()))
+        ax.annotate(f"{name} ({_label(k)})", (steps[-1], values[-1]), xytext=(-4, 6), textcoords="offset points",
+                    ha="right", fontsize="small", color=_colour(k, inserted.values()))
     ax.axhline(result.max_bits, color="grey", ls="--", lw=1)
+    ax.set_ylim(-0.5, result.max_bits + 1.5)
     ax.set_xlabel("training step")
     ax.set_ylabel("exposure (bits)")
-    ax.legend(fontsize="small")
     return ax
 
 
