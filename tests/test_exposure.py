@@ -12,6 +12,7 @@ from tutorial_lib.exposure import (
     compute_exposure,
     estimate_exposure,
     exposure_from_scores,
+    score_candidates,
     score_candidates_bruteforce,
     score_trie,
 )
@@ -87,7 +88,7 @@ def test_no_shared_prefix_uses_a_start_token(byte_tokenizer):
     canary = Canary("{secret} is the code", "12", space=RandomnessSpace(2))
     texts = canary_texts(canary, context="")
     np.testing.assert_allclose(
-        score_trie(model, build_trie(byte_tokenizer, texts)),
+        score_candidates(model, byte_tokenizer, texts),
         score_candidates_bruteforce(model, byte_tokenizer, texts), atol=1e-9,
     )
 

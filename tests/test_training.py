@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tutorial_lib.evaluation import compute_loss, compute_perplexity, tokenize_lines
+from tutorial_lib.evaluation import compute_loss, compute_perplexity, compute_text_perplexity, tokenize_lines
 from tutorial_lib.models import ModelConfig, count_parameters, make_model
 from tutorial_lib.training import TrainConfig, lr_at, train_language_model
 
@@ -60,6 +60,8 @@ def test_perplexity_is_exp_loss(byte_tokenizer):
     model = make_model(ModelConfig.for_profile("tiny"), len(byte_tokenizer), seed=0)
     assert compute_perplexity(model, ids, 32) == pytest.approx(math.exp(compute_loss(model, ids, 32)))
     assert compute_perplexity(model, ids, 32) == pytest.approx(len(byte_tokenizer), rel=0.3)  # untrained: near uniform
+    text = [f"line {i}: the quick brown fox jumps over the lazy dog" for i in range(200)]
+    assert compute_text_perplexity(model, byte_tokenizer, text, 32) == compute_perplexity(model, ids, 32)
 
 
 def test_too_little_text_is_an_error(byte_tokenizer):
