@@ -156,3 +156,38 @@ def test_bad_requests_are_named():
         ConvexProblem(p.X, p.y, lam=0.0)
     with pytest.raises(ValueError, match="unknown model kind 'svm'"):
         ConvexProblem(p.X, p.y, kind="svm")
+
+
+def test_certified_noise_scale_and_its_errors():
+    from tutorial_lib.newton import certified_noise_std, perturb
+
+    sigma = certified_noise_std(1.0, 1e-4, 0.1)
+    assert sigma == pytest.approx(np.sqrt(2 * np.log(1.5e4)) * 0.1)
+    assert certified_noise_std(2.0, 1e-4, 0.1) == pytest.approx(sigma / 2)
+    for bad, match in (((0.0, 1e-4, 0.1), "eps"), ((1.0, 1.0, 0.1), "delta"), ((1.0, 0.0, 0.1), "delta"), ((1.0, 0.1, 0.0), "residual_budget")):
+        with pytest.raises(ValueError, match=match):
+            certified_noise_std(*bad)
+    p = _synthetic("logistic", n=50)
+    noisy = perturb(p, 0.5, seed=1)
+    theta = fit(noisy)
+    assert np.linalg.norm(noisy.gradient(theta)) < 1e-8
+    assert np.allclose(noisy.gradient(theta) - p.gradient(theta), noisy.b)
+
+
+def test_mlp_derivatives_and_damped_newton():
+    from tutorial_lib.newton import MLPProblem, newton_step
+
+    p = _synthetic("logistic", n=60, d=3)
+    mlp = MLPProblem(p.X, p.y, hidden=3)
+    theta = mlp.init(seed=0)
+    eps = 1e-6
+    E = np.eye(mlp.dim)
+    g_fd = np.array([(mlp.objective(theta + eps * e) - mlp.objective(theta - eps * e)) / (2 * eps) for e in E])
+    np.testing.assert_allclose(mlp.gradient(theta), g_fd, atol=1e-8)
+    H = mlp.hessian(theta)
+    H_fd = np.array([(mlp.gradient(theta + eps * e) - mlp.gradient(theta - eps * e)) / (2 * eps) for e in E])
+    np.testing.assert_allclose(H, H_fd, atol=1e-7)
+    big = newton_step(mlp, theta, damping=1e6)  # huge damping: a tiny gradient step
+    np.testing.assert_allclose(big, theta - mlp.gradient(theta) / 1e6, rtol=1e-5, atol=1e-12)
+    with pytest.raises(ValueError, match="damping must be >= 0"):
+        newton_step(mlp, theta, damping=-0.1)

@@ -2,6 +2,7 @@ import pytest
 
 from tutorial_lib.memorization import MemorizationConfig
 from tutorial_lib.models import ModelConfig
+from tutorial_lib.newton import NewtonConfig
 from tutorial_lib.profiles import PROFILES, resolve_profile
 from tutorial_lib.training import TrainConfig
 
@@ -35,7 +36,7 @@ def test_unknown_profile_from_environment(monkeypatch):
         resolve_profile()
 
 
-@pytest.mark.parametrize("config", [ModelConfig, TrainConfig, MemorizationConfig])
+@pytest.mark.parametrize("config", [ModelConfig, TrainConfig, MemorizationConfig, NewtonConfig])
 def test_every_config_has_the_three_profiles(config):
     made = [config.for_profile(p) for p in PROFILES]
     assert len({repr(m) for m in made}) == 3

@@ -22,6 +22,26 @@ from .exposure import (
 )
 from .memorization import MemorizationConfig, MemorizationResult, run_memorization, train_memorization_model
 from .models import ModelConfig, count_parameters, load_pretrained, make_model
+from .newton import (
+    ConvexProblem,
+    MLPProblem,
+    NewtonConfig,
+    certified_noise_std,
+    fit,
+    hashed_ngram_features,
+    ihvp_cg,
+    ihvp_exact,
+    ihvp_lissa,
+    influence_on_loss,
+    influence_on_params,
+    make_corpus_classification,
+    newton_removal,
+    newton_step,
+    perturb,
+    residual_bound,
+    retrain_without,
+    solve_damped,
+)
 from .notebook import NotebookSetup, setup_notebook
 from .plotting import (
     plot_candidate_distribution,

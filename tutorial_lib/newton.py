@@ -17,6 +17,30 @@ KINDS = ("logistic", "multinomial", "ridge")
 
 
 @dataclass(frozen=True)
+class NewtonConfig:
+    """Notebook 01's settings: the corpus-classification task, the L2 strength, the removal sizes."""
+
+    corpora: tuple[str, ...] = ("shakespeare", "bible")
+    n_per_class: int = 200
+    n_features: int = 128
+    lam: float = 1e-3
+    removal_sizes: tuple[int, ...] = (1, 3, 10, 30, 100)
+    n_influence: int = 60
+    mlp_hidden: int = 6
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None) -> "NewtonConfig":
+        from .profiles import resolve_profile
+
+        profile = resolve_profile(profile)
+        if profile == "tiny":
+            return cls(removal_sizes=(1, 10, 50), n_influence=50)
+        if profile == "small":
+            return cls()
+        return cls(n_per_class=1000, n_features=256, removal_sizes=(1, 3, 10, 30, 100, 300), n_influence=200)
+
+
+@dataclass(frozen=True)
 class ConvexProblem:
     """Features ``X`` (n x d), targets ``y`` and the model ``kind``; ``lam`` > 0 is the L2 strength per
     example. Binary logistic takes labels in {0, 1}; multinomial labels in 0..C-1; ridge real targets.
@@ -125,7 +149,8 @@ def fit(problem: ConvexProblem, idx=None, theta0=None, tol: float = 1e-12, max_i
             return theta
         step = linalg.solve(problem.hessian(theta, idx), g, assume_a="pos")
         f, t = problem.objective(theta, idx), 1.0
-        while problem.objective(theta - t * step, idx) > f - 0.25 * t * g @ step and t > 1e-10:
+        slack = 1e-12 * max(1.0, abs(f))  # near the optimum decreases fall below float resolution of f
+        while problem.objective(theta - t * step, idx) > f - 0.25 * t * g @ step + slack and t > 1e-10:
             t *= 0.5
         theta = theta - t * step
     return theta
@@ -307,3 +332,83 @@ def make_corpus_classification(
     order = rng.permutation(len(lines))
     X = hashed_ngram_features([lines[i] for i in order], n_features)
     return X, np.asarray(labels, dtype=np.int64)[order]
+
+
+# ---------------------------------------------------------------- certified removal (Guo et al. 2020)
+
+
+def certified_noise_std(eps: float, delta: float, residual_budget: float) -> float:
+    """Standard deviation of the Gaussian linear perturbation ``b ~ N(0, sigma^2 I)`` added to the training
+    objective (``+ b . theta``) so that a removal whose gradient residual is at most ``residual_budget``
+    is (eps, delta)-certified: ``sigma = c * residual_budget / eps`` with ``c = sqrt(2 log(1.5 / delta))``
+    (Guo et al. 2020, Thm. 3). Notebook 01, "Certified removal"."""
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if residual_budget <= 0:
+        raise ValueError(f"residual_budget must be positive, got {residual_budget}")
+    return float(np.sqrt(2 * np.log(1.5 / delta)) * residual_budget / eps)
+
+
+def perturb(problem: ConvexProblem, sigma: float, seed: int = 0) -> ConvexProblem:
+    """The same problem with the random linear term ``b . theta``, ``b ~ N(0, sigma^2 I)`` (seeded)."""
+    from dataclasses import replace
+
+    return replace(problem, b=np.random.default_rng(seed).normal(0.0, sigma, problem.dim))
+
+
+# ---------------------------------------------------------------- a non-convex model: a tiny MLP
+
+
+class MLPProblem:
+    """A one-hidden-layer tanh MLP for binary classification, mean logistic loss plus ``lam/2 ||theta||^2``,
+    with exact float64 gradients and Hessians from ``torch.autograd``. Its Hessian is indefinite away from
+    a minimum: the bridge to notebook 02. Notebook 01, "When the Hessian is indefinite"."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, hidden: int = 8, lam: float = 1e-3):
+        import torch
+
+        self.X = torch.as_tensor(X, dtype=torch.float64)
+        self.y = torch.as_tensor(y, dtype=torch.float64)
+        self.hidden, self.lam = hidden, lam
+        self.dim = X.shape[1] * hidden + 2 * hidden + 1
+
+    def init(self, seed: int = 0) -> np.ndarray:
+        return np.random.default_rng(seed).normal(0.0, 0.5, self.dim)
+
+    def _loss(self, theta):
+        import torch
+
+        d, h = self.X.shape[1], self.hidden
+        W, b1 = theta[: d * h].reshape(d, h), theta[d * h : d * h + h]
+        v, b2 = theta[d * h + h : d * h + 2 * h], theta[-1]
+        z = torch.tanh(self.X @ W + b1) @ v + b2
+        s = 2 * self.y - 1
+        return torch.nn.functional.softplus(-s * z).mean() + 0.5 * self.lam * theta @ theta
+
+    def objective(self, theta: np.ndarray) -> float:
+        import torch
+
+        return float(self._loss(torch.as_tensor(theta, dtype=torch.float64)))
+
+    def gradient(self, theta: np.ndarray) -> np.ndarray:
+        import torch
+
+        t = torch.as_tensor(theta, dtype=torch.float64).requires_grad_(True)
+        return torch.autograd.grad(self._loss(t), t)[0].numpy()
+
+    def hessian(self, theta: np.ndarray) -> np.ndarray:
+        import torch
+
+        return torch.autograd.functional.hessian(self._loss, torch.as_tensor(theta, dtype=torch.float64)).numpy()
+
+
+def newton_step(problem, theta: np.ndarray, damping: float = 0.0) -> np.ndarray:
+    """One (damped) Newton step ``theta - (H + damping I)^{-1} grad``. Unlike :func:`solve_damped` this
+    does not insist on a positive definite matrix, so an undamped step on an indefinite Hessian can be
+    taken and seen to misbehave. Notebook 01, "When the Hessian is indefinite"."""
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    H = problem.hessian(theta)
+    return theta - np.linalg.solve(H + damping * np.eye(len(H)), problem.gradient(theta))
