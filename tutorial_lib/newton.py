@@ -134,7 +134,11 @@ class ConvexProblem:
         if self.kind == "multinomial":
             return self.hessian(theta, idx) @ v
         X = self.X[idx]
-        w = special.expit(X @ theta) * (1 - special.expit(X @ theta)) if self.kind == "logistic" else 1.0
+        if self.kind == "logistic":
+            p = special.expit(X @ theta)
+            w = p * (1 - p)
+        else:
+            w = 1.0
         return X.T @ (w * (X @ v)) + self.lam * len(idx) * v
 
 
