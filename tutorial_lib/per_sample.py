@@ -1,0 +1,424 @@
+"""Per-sample gradients of a causal LM (or a small torch classifier) over a chosen parameter subset.
+
+Fisher Removal and Fisher Forgetting need the matrix G whose rows are per-example gradients
+g_i = ∇ℓ(θ; x_i) (``../shared/PAPER.md`` §2). Four ways to get it, all exact:
+
+- ``"hooks"`` (default): one forward pass, one backward pass that stops at the outputs of the
+  modules holding the chosen parameters, then per-sample weight gradients from the saved
+  activations and output gradients (an einsum per ``Linear``/``Conv1D``, a scatter per
+  ``Embedding``, the normalised input per ``LayerNorm``). Tied parameters add up their uses.
+- ``"loop"``: a batch-1 forward and backward per sample (the reference).
+- ``"vmap"``: ``torch.func.vmap`` of ``torch.func.grad``.
+- ``"opacus"``: Opacus ``GradSampleModule`` hooks.
+
+``bench/per_sample_grads.py`` measures them against one batched backward. Notebook 02, "Per-sample
+gradients".
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+from torch import nn
+
+METHODS = ("hooks", "loop", "vmap", "opacus")
+
+
+# ----------------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class ParameterSpace:
+    """An ordered parameter subset of a model and the flat vector it spans (length ``dim``)."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [s.numel() for s in self.shapes]
+
+    @property
+    def dim(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def offsets(self) -> dict[str, tuple[int, int]]:
+        out, start = {}, 0
+        for name, size in zip(self.names, self.sizes):
+            out[name] = (start, start + size)
+            start += size
+        return out
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        table = dict(model.named_parameters())
+        return [table[n] for n in self.names]
+
+    def flatten(self, tensors) -> torch.Tensor:
+        """Concatenate a dict (name -> tensor) or a list in ``names`` order into one flat vector."""
+        if isinstance(tensors, dict):
+            tensors = [tensors[n] for n in self.names]
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a flat vector (or the last dimension of a batch of them) back into named tensors."""
+        if vector.shape[-1] != self.dim:
+            raise ValueError(f"vector has length {vector.shape[-1]}, the parameter space has {self.dim}")
+        lead = vector.shape[:-1]
+        parts = torch.split(vector, self.sizes, dim=-1)
+        return {n: p.reshape(*lead, *s) for n, p, s in zip(self.names, parts, self.shapes)}
+
+    def get(self, model: nn.Module) -> torch.Tensor:
+        """The current values of the subset as one flat vector (a copy)."""
+        return self.flatten([p.detach() for p in self.parameters(model)]).clone()
+
+    @torch.no_grad()
+    def add_(self, model: nn.Module, delta: torch.Tensor) -> None:
+        """θ ← θ + delta, in place, for the subset."""
+        for p, d in zip(self.parameters(model), self.unflatten(delta).values()):
+            p.add_(d.to(p.dtype))
+
+
+def select_parameters(model: nn.Module, subset=None) -> ParameterSpace:
+    """The trainable parameters of ``model`` named by ``subset``.
+
+    ``subset`` is ``None`` or ``"all"`` (every trainable parameter, a tied weight once), or a name or
+    list of names, each a module or a parameter (``"transformer.h.3"``, ``"lm_head"``,
+    ``"transformer.ln_f.weight"``). A name that matches nothing is an error.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if subset is None or subset == "all":
+        chosen = named
+    else:
+        wanted = [subset] if isinstance(subset, str) else list(subset)
+        if not wanted:
+            raise ValueError("the parameter subset is empty; pass None or 'all' for every parameter")
+        # a tied weight is listed once by named_parameters(); a module that only reaches it through
+        # the tie (GPT-2's lm_head) still selects it
+        aliases = {}
+        for mod_name, mod in model.named_modules():
+            for p_name, p in mod.named_parameters(recurse=False):
+                aliases.setdefault(id(p), set()).add(f"{mod_name}.{p_name}" if mod_name else p_name)
+        chosen = []
+        for name in wanted:
+            hits = [
+                (n, p) for n, p in named
+                if any(a == name or a.startswith(name + ".") for a in aliases.get(id(p), {n}) | {n})
+            ]
+            if not hits:
+                raise ValueError(f"parameter subset {name!r} names no trainable parameter of {type(model).__name__}")
+            chosen += [h for h in hits if all(h[1] is not c[1] for c in chosen)]
+        order = {id(p): i for i, (_, p) in enumerate(named)}
+        chosen.sort(key=lambda np_: order[id(np_[1])])
+    return ParameterSpace(tuple(n for n, _ in chosen), tuple(p.shape for _, p in chosen))
+
+
+# ----------------------------------------------------------------------------------- losses
+class Outputs(NamedTuple):
+    """Cross-entropy rows of a batch: ``logits`` (N, C), ``targets`` (N,), ``sample`` (N,) the example
+    each row belongs to, ``weight`` (N,) 1 for a row that counts and 0 for padding, and ``n_samples``.
+    The loss of example i is the mean CE over its counted rows. (Masking by weight rather than by
+    indexing keeps shapes static, so ``torch.func.vmap`` can run it.)"""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    sample: torch.Tensor
+    weight: torch.Tensor
+    n_samples: int
+
+
+def lm_outputs(model: nn.Module, batch: dict) -> Outputs:
+    """Next-token rows of a causal LM on ``batch`` (``input_ids``, optional ``attention_mask`` and
+    ``labels`` with -100 for ignored positions). Position ids are passed for the whole batch so that
+    hooks see one position-embedding row per sample."""
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    B, T = ids.shape
+    position_ids = torch.arange(T, device=ids.device).expand(B, T)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, :-1]
+    labels = batch.get("labels", ids)[:, 1:]
+    keep = labels != -100
+    if mask is not None:
+        keep = keep & mask[:, 1:].bool()
+    sample = torch.arange(B, device=ids.device)[:, None].expand(B, T - 1)
+    V = logits.shape[-1]
+    return Outputs(logits.reshape(-1, V), torch.where(keep, labels, 0).reshape(-1), sample.reshape(-1), keep.reshape(-1).to(logits.dtype), B)
+
+
+def classifier_outputs(model: nn.Module, batch) -> Outputs:
+    """Rows of a classifier on ``batch = (x, y)``: one row per example."""
+    x, y = batch
+    logits = model(x)
+    return Outputs(logits, y, torch.arange(len(y), device=y.device), torch.ones(len(y), dtype=logits.dtype, device=y.device), len(y))
+
+
+def regression_outputs(model: nn.Module, batch) -> Outputs:
+    """Rows of a regression model on ``batch = (x, y)`` with float targets (squared loss)."""
+    x, y = batch
+    pred = model(x)
+    return Outputs(pred, y.reshape(pred.shape), torch.arange(len(y), device=y.device), torch.ones(len(y), dtype=pred.dtype, device=y.device), len(y))
+
+
+def row_losses(out: Outputs) -> torch.Tensor:
+    """Loss of every row: cross-entropy for integer targets, ½‖f − y‖² for float targets."""
+    logits = out.logits.float() if out.logits.dtype in (torch.float16, torch.bfloat16) else out.logits
+    if out.targets.is_floating_point():
+        return 0.5 * (logits - out.targets).pow(2).sum(-1)
+    return nn.functional.cross_entropy(logits, out.targets, reduction="none")
+
+
+def sample_losses(out: Outputs) -> torch.Tensor:
+    """Per-example loss ℓ(θ; x_i): the mean row loss over the example's counted rows, shape
+    (n_samples,). An example without a counted row has loss 0."""
+    ce = row_losses(out) * out.weight
+    total = torch.zeros(out.n_samples, dtype=ce.dtype, device=ce.device).index_add(0, out.sample, ce)
+    count = torch.zeros(out.n_samples, dtype=ce.dtype, device=ce.device).index_add(0, out.sample, out.weight.to(ce.dtype))
+    return total / count.clamp(min=1)
+
+
+def make_lm_batch(tokenizer, texts: list[str], max_length: int, device="cpu") -> dict:
+    """Right-padded ``input_ids`` and ``attention_mask`` for a list of texts (cut at ``max_length``)."""
+    if not texts:
+        raise ValueError("no texts to batch")
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+    if any(len(r) < 2 for r in rows):
+        raise ValueError("every text needs at least two tokens to have a next-token target")
+    T = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def _batch_size(batch) -> int:
+    return len(batch["input_ids"]) if isinstance(batch, dict) else len(batch[0])
+
+
+def _slice(batch, i: int):
+    if isinstance(batch, dict):
+        return {k: v[i : i + 1] for k, v in batch.items()}
+    return tuple(v[i : i + 1] for v in batch)
+
+
+def _check_gradients(G: torch.Tensor) -> torch.Tensor:
+    if not bool(torch.isfinite(G.sum(dim=1)).all()):  # a row sum is non-finite iff an entry is (barring overflow)
+        bad = torch.nonzero(~torch.isfinite(G).all(dim=1)).flatten().tolist()
+        raise FloatingPointError(f"non-finite per-sample gradients for examples {bad}")
+    return G
+
+
+# ----------------------------------------------------------------------------------- hooks
+def _conv1d_type():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a hard dependency
+        return ()
+    return Conv1D
+
+
+class _Record(NamedTuple):
+    module: nn.Module
+    inputs: torch.Tensor
+    output: torch.Tensor
+
+
+def module_kind(module: nn.Module) -> str:
+    """``linear`` | ``conv1d`` | ``embedding`` | ``layernorm`` | ``other`` (what the hooks can handle)."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, _conv1d_type()):
+        return "conv1d"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if isinstance(module, nn.LayerNorm):
+        return "layernorm"
+    return "other"
+
+
+def owning_modules(model: nn.Module, space: ParameterSpace) -> list[tuple[str, nn.Module, dict[str, str]]]:
+    """Modules that directly hold a parameter of ``space``: (module name, module, {local name: space name}).
+    A tied parameter appears under every module that uses it."""
+    by_id = {id(p): n for n, p in zip(space.names, space.parameters(model))}
+    out = []
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        own = {ln: by_id[id(p)] for ln, p in mod.named_parameters(recurse=False) if id(p) in by_id}
+        if own and all(m is not mod for _, m, _ in out):
+            out.append((mod_name, mod, own))
+    return out
+
+
+def capture(model: nn.Module, batch, modules: list[nn.Module], outputs_fn=lm_outputs):
+    """Forward ``batch`` once with the inputs and outputs of ``modules`` recorded, and the gradient of
+    Σ_i ℓ_i with respect to each recorded output (backward stops there: no weight gradients).
+    Returns (records, output gradients, per-example losses)."""
+    records: list[_Record] = []
+    handles = [m.register_forward_hook(lambda mod, inp, out: records.append(_Record(mod, inp[0].detach(), out))) for m in modules]
+    try:
+        losses = sample_losses(outputs_fn(model, batch))
+    finally:
+        for h in handles:
+            h.remove()
+    live = [r for r in records if r.output.requires_grad]
+    grads = torch.autograd.grad(losses.sum(), [r.output for r in live], allow_unused=True)
+    return live, grads, losses.detach()
+
+
+def _per_sample(kind: str, rec: _Record, gout: torch.Tensor, local: str, B: int, dtype) -> torch.Tensor:
+    """The per-sample gradient of one recorded module call for its parameter ``local``, (B, *shape)."""
+    x, mod = rec.inputs, rec.module
+    if gout.shape[0] != B:
+        raise ValueError(
+            f"{type(mod).__name__} output has batch dimension {gout.shape[0]}, expected {B}: an input was "
+            "broadcast over the batch (pass position_ids for the whole batch)"
+        )
+    g = gout.reshape(B, -1, gout.shape[-1])
+    if local == "bias" and kind in ("linear", "conv1d", "layernorm"):
+        return g.sum(1)
+    if kind == "linear":
+        return torch.bmm(g.transpose(1, 2), x.reshape(B, -1, x.shape[-1]))  # (B, out, in)
+    if kind == "conv1d":
+        return torch.bmm(x.reshape(B, -1, x.shape[-1]).transpose(1, 2), g)  # Conv1D weight is (in, out)
+    if kind == "layernorm":
+        xhat = nn.functional.layer_norm(x, mod.normalized_shape, eps=mod.eps)
+        return (g * xhat.reshape(g.shape)).sum(1)
+    if kind == "embedding":
+        ids = x.reshape(B, -1)
+        out = torch.zeros(B, mod.num_embeddings, g.shape[-1], dtype=dtype, device=g.device)
+        for b in range(B):
+            out[b].index_add_(0, ids[b], g[b].to(dtype))
+        return out
+    raise NotImplementedError(kind)  # pragma: no cover - filtered by the caller
+
+
+def _hooks(model, batch, space: ParameterSpace, outputs_fn) -> torch.Tensor:
+    owners = owning_modules(model, space)
+    for mod_name, mod, _ in owners:
+        if module_kind(mod) == "other":
+            raise NotImplementedError(
+                f"per-sample gradients by hooks do not support {type(mod).__name__} ({mod_name or 'the model'}); "
+                "use method='loop' or choose another parameter subset"
+            )
+    local = {id(m): own for _, m, own in owners}
+    records, gouts, _ = capture(model, batch, [m for _, m, _ in owners], outputs_fn)
+    B = _batch_size(batch)
+    p0 = space.parameters(model)[0]
+    parts: dict[str, torch.Tensor] = {}
+    for rec, gout in zip(records, gouts):
+        if gout is None:
+            continue
+        kind = module_kind(rec.module)
+        for ln, name in local[id(rec.module)].items():
+            value = _per_sample(kind, rec, gout, ln, B, p0.dtype)
+            parts[name] = parts[name] + value if name in parts else value  # a tied weight adds its uses
+    flat = [
+        parts[n].reshape(B, -1) if n in parts else torch.zeros(B, s.numel(), dtype=p0.dtype, device=p0.device)
+        for n, s in zip(space.names, space.shapes)
+    ]
+    return torch.cat(flat, dim=1)
+
+
+def _loop(model, batch, space: ParameterSpace, outputs_fn) -> torch.Tensor:
+    params = space.parameters(model)
+    rows = []
+    for i in range(_batch_size(batch)):
+        loss = sample_losses(outputs_fn(model, _slice(batch, i)))[0]
+        rows.append(space.flatten(torch.autograd.grad(loss, params)))
+    return torch.stack(rows)
+
+
+def _vmap(model, batch, space: ParameterSpace, outputs_fn) -> torch.Tensor:
+    from torch.func import grad, vmap
+
+    values = {n: p.detach() for n, p in zip(space.names, space.parameters(model))}
+
+    def loss_one(theta, *items):
+        one = dict(zip(keys, (t.unsqueeze(0) for t in items))) if keys else tuple(t.unsqueeze(0) for t in items)
+        return sample_losses(outputs_fn(_Bound(model, theta), one))[0]
+
+    if isinstance(batch, dict) and "attention_mask" in batch:
+        # one example at a time needs no padding mask (right padding, causal attention): fold it into
+        # the labels instead, which keeps Hugging Face's data-dependent mask code out of vmap
+        batch = dict(batch)
+        mask = batch.pop("attention_mask")
+        batch["labels"] = torch.where(mask.bool(), batch.get("labels", batch["input_ids"]), -100)
+    keys = list(batch.keys()) if isinstance(batch, dict) else None
+    items = list(batch.values()) if keys else list(batch)
+    with warnings.catch_warnings():  # torch's slow-path notice for attention under vmap
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented the batching rule")
+        grads = vmap(grad(loss_one), in_dims=(None, *([0] * len(items))))(values, *items)
+    return torch.cat([grads[n].reshape(len(items[0]), -1) for n in space.names], dim=1)
+
+
+class _Bound(nn.Module):
+    """``model`` called with some parameters replaced (for ``torch.func``)."""
+
+    def __init__(self, model, params):
+        super().__init__()
+        self._model, self._params = model, params
+
+    def forward(self, *args, **kwargs):
+        from torch.func import functional_call
+
+        return functional_call(self._model, self._params, args, kwargs)
+
+
+def _opacus(model, batch, space: ParameterSpace, outputs_fn) -> torch.Tensor:
+    from opacus import GradSampleModule
+
+    chosen = {id(p) for p in space.parameters(model)}
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+    was_training = model.training
+    gsm = GradSampleModule(model, loss_reduction="sum", strict=False)
+    gsm.train()  # Opacus records activations only in training mode (our GPT-2s have no dropout)
+    try:
+        with warnings.catch_warnings():  # Opacus' full backward hooks on the first module of the graph
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            sample_losses(outputs_fn(gsm, batch)).sum().backward()
+        G = torch.cat([p.grad_sample.reshape(_batch_size(batch), -1) for p in space.parameters(model)], dim=1)
+    finally:
+        gsm._close()
+        model.train(was_training)
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved[n])
+            p.grad = None
+            if hasattr(p, "grad_sample"):
+                del p.grad_sample
+    return G
+
+
+def per_sample_gradients(model: nn.Module, batch, params=None, method: str = "hooks", outputs_fn: Callable = lm_outputs) -> torch.Tensor:
+    """Per-example gradients of ℓ(θ; x_i) for the examples of ``batch``, shape (B, d).
+
+    ``params`` is a :class:`ParameterSpace` or a subset for :func:`select_parameters`; ``outputs_fn``
+    is :func:`lm_outputs` (a Hugging Face causal LM; ``batch`` a dict) or :func:`classifier_outputs`
+    (``batch = (x, y)``). The model's ``.grad`` fields are left as they were, and it is evaluated in
+    the mode it is in (call ``model.eval()`` first when it has dropout).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown per-sample gradient method {method!r}; expected one of {', '.join(METHODS)}")
+    if _batch_size(batch) == 0:
+        raise ValueError("the batch is empty: no per-sample gradients to compute")
+    space = params if isinstance(params, ParameterSpace) else select_parameters(model, params)
+    fn = {"hooks": _hooks, "loop": _loop, "vmap": _vmap, "opacus": _opacus}[method]
+    return _check_gradients(fn(model, batch, space, outputs_fn))
+
+
+def gradient_matrix(model, batches, params=None, method: str = "hooks", outputs_fn: Callable = lm_outputs, max_bytes: int | None = None):
+    """Stack per-sample gradients of several batches into G (m, d); returns (G, space).
+    The size m·d is checked against available memory before the first batch."""
+    from .fisher import check_memory
+
+    batches = list(batches)
+    if not batches or sum(_batch_size(b) for b in batches) == 0:
+        raise ValueError("no examples: the gradient set would be empty")
+    space = params if isinstance(params, ParameterSpace) else select_parameters(model, params)
+    m = sum(_batch_size(b) for b in batches)
+    p0 = space.parameters(model)[0]
+    check_memory("per-sample gradient matrix", m * space.dim * p0.element_size(), max_bytes, p0.device)
+    G = torch.cat([per_sample_gradients(model, b, space, method, outputs_fn) for b in batches])
+    return G, space
