@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from tutorial_lib.curvature import cosine, empirical_fisher, exact_hessian, gauss_newton, loss_gradient, true_fisher
-from tutorial_lib.fisher import KFACFisher, MemoryBudgetError
+from tutorial_lib.curvature import cosine, empirical_fisher, exact_hessian, gauss_newton, loss_gradient, preconditioned_descent, true_fisher
+from tutorial_lib.fisher import KFACFisher, MemoryBudgetError, structure_costs
 from tutorial_lib.models import ModelConfig, make_model
 from tutorial_lib.per_sample import classifier_outputs, per_sample_gradients, regression_outputs, select_parameters
 
@@ -128,3 +128,56 @@ def test_kfac_bad_input():
         KFACFisher.from_model(model, [], outputs_fn=classifier_outputs)
     with pytest.raises(MemoryBudgetError):
         KFACFisher.from_model(model, [batch], outputs_fn=classifier_outputs, max_bytes=10)
+
+
+def test_newton_descent_solves_linear_regression_in_one_step_and_the_empirical_fisher_does_not():
+    torch.manual_seed(4)
+    model = nn.Linear(1, 1).double()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(50, 1, generator=gen, dtype=torch.float64) + 1
+    y = 2 * x - 1 + 0.5 * torch.randn(50, 1, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.fill_(-3.0)
+        model.bias.fill_(-1.0)
+    path, losses = preconditioned_descent(model, (x, y), "hessian", steps=2, outputs_fn=regression_outputs)
+    X = torch.cat([x, torch.ones_like(x)], 1)
+    least_squares = torch.linalg.lstsq(X, y).solution.flatten()
+    assert torch.allclose(path[1], least_squares, atol=1e-10) and losses[1] <= losses[2] + 1e-12
+    assert float(model.weight.detach()) == -3.0  # the model passed in is untouched
+    ef_path, ef_losses = preconditioned_descent(model, (x, y), "empirical_fisher", steps=2, outputs_fn=regression_outputs)
+    assert ef_losses[-1] > 10 * losses[-1]  # far from the fit the empirical-Fisher step crawls
+    with pytest.raises(ValueError, match="unknown curvature 'bfgs'"):
+        preconditioned_descent(model, (x, y), "bfgs", steps=1, outputs_fn=regression_outputs)
+
+
+def test_structure_costs_on_a_tiny_gpt2():
+    model = make_model(ModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16), 257, seed=0)
+    batch = {"input_ids": torch.randint(0, 257, (6, 16), generator=torch.Generator().manual_seed(5))}
+    rows = structure_costs(model, [batch], damping=1e-3, block_size=32, max_bytes=50 * 2**20)
+    by = {r["structure"]: r for r in rows}
+    assert set(by) == {"diagonal", "block", "woodbury", "kfac", "dense"}
+    assert "refused" in by["dense"] and "dense Fisher needs about" in by["dense"]["refused"]
+    exact = by["woodbury"]["result"]
+    for name in ("diagonal", "block", "kfac"):
+        assert by[name]["result"].shape == exact.shape and torch.isfinite(by[name]["result"]).all()
+        assert by[name]["build_s"] > 0 and by[name]["memory_mb"] > 0
+    # K-FAC covers the Conv1D layers; the tied embedding and the layer norms fall back to the diagonal
+    K = KFACFisher.from_model(model, [batch], damping=1e-3)
+    assert set(K.layers) == {"transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"}
+    assert float(K.diagonal[: 257 * 16].abs().sum()) > 0
+
+
+def test_nonfinite_activations_are_refused_and_the_model_is_untouched():
+    model = make_model(ModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=16), 257, seed=0)
+    batch = {"input_ids": torch.randint(0, 257, (2, 8), generator=torch.Generator().manual_seed(6))}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.bias[0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        per_sample_gradients(model, batch)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        per_sample_gradients(model, batch, method="loop")
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.bias[0] = before["transformer.h.0.mlp.c_fc.bias"][0]
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) and p.grad is None

@@ -4,6 +4,17 @@ Nothing runs at import time; submodules load their heavy dependencies when calle
 """
 from .canaries import Canary, InsertedCorpus, RandomnessSpace, insert_canaries, make_canaries
 from .cache import CheckpointMismatchError, cache_root, load_run, save_run
+from .curvature import (
+    cosine,
+    curvature_matrix,
+    empirical_fisher,
+    exact_hessian,
+    gauss_newton,
+    loss_gradient,
+    preconditioned_descent,
+    spectrum,
+    true_fisher,
+)
 from .data import CORPORA, CorpusSplits, DataError, corpus_path, load_corpus, verify_data
 from .evaluation import compute_loss, compute_perplexity, compute_text_perplexity, tokenize_lines
 from .exposure import (
@@ -19,6 +30,17 @@ from .exposure import (
     score_candidates,
     score_candidates_bruteforce,
     score_trie,
+)
+from .fisher import (
+    BlockFisher,
+    DenseFisher,
+    DiagonalFisher,
+    KFACFisher,
+    MemoryBudgetError,
+    WoodburyFisher,
+    estimate_memory,
+    make_fisher,
+    structure_costs,
 )
 from .memorization import MemorizationConfig, MemorizationResult, run_memorization, train_memorization_model
 from .models import ModelConfig, count_parameters, load_pretrained, make_model
@@ -43,6 +65,17 @@ from .newton import (
     solve_damped,
 )
 from .notebook import NotebookSetup, setup_notebook
+from .per_sample import (
+    ParameterSpace,
+    classifier_outputs,
+    gradient_matrix,
+    lm_outputs,
+    make_lm_batch,
+    per_sample_gradients,
+    regression_outputs,
+    sample_losses,
+    select_parameters,
+)
 from .plotting import (
     plot_candidate_distribution,
     plot_exact_vs_estimate,

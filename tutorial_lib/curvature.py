@@ -151,3 +151,46 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def spectrum(M: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of a symmetric matrix, descending."""
     return torch.linalg.eigvalsh((M + M.T) / 2).flip(0)
+
+
+CURVATURES = ("gradient", "hessian", "ggn", "empirical_fisher")
+
+
+def curvature_matrix(kind: str, model, batch, params=None, outputs_fn=lm_outputs) -> torch.Tensor:
+    """The d×d ``hessian`` | ``ggn`` | ``empirical_fisher`` of L over the subset (identity for ``gradient``)."""
+    if kind == "hessian":
+        return exact_hessian(model, batch, params, outputs_fn)
+    if kind == "ggn":
+        return gauss_newton(model, batch, params, outputs_fn)
+    if kind == "empirical_fisher":
+        return empirical_fisher(model, batch, params, outputs_fn)
+    if kind == "gradient":
+        d = _space(model, params).dim
+        return torch.eye(d, dtype=next(model.parameters()).dtype)
+    raise ValueError(f"unknown curvature {kind!r}; expected one of {', '.join(CURVATURES)}")
+
+
+def preconditioned_descent(model, batch, curvature: str, steps: int, lr: float = 1.0, damping: float = 1e-8,
+                           params=None, outputs_fn=lm_outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run θ ← θ − lr · (M(θ) + damping·I)⁻¹ ∇L(θ) on a copy of ``model`` with M the chosen curvature,
+    re-computed at every step. Returns (trajectory (steps+1, d), losses (steps+1,)). Small d only."""
+    import copy
+
+    if curvature not in CURVATURES:
+        raise ValueError(f"unknown curvature {curvature!r}; expected one of {', '.join(CURVATURES)}")
+    if not damping >= 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    work = copy.deepcopy(model)
+    space = _space(work, params)
+    path, losses = [space.get(work)], []
+    for _ in range(steps + 1):
+        f, theta = loss_function(work, batch, space, outputs_fn)
+        losses.append(float(f(theta)))
+        if len(losses) > steps:
+            break
+        g = loss_gradient(work, batch, space, outputs_fn)
+        M = curvature_matrix(curvature, work, batch, space, outputs_fn)
+        step = torch.linalg.solve(M + damping * torch.eye(space.dim, dtype=M.dtype), g)
+        space.add_(work, -lr * step)
+        path.append(space.get(work))
+    return torch.stack(path), torch.tensor(losses)

@@ -221,25 +221,34 @@ class BlockFisher(Fisher):
     """Exact empirical Fisher on consecutive diagonal blocks of ``block_size`` coordinates, each block
     inverted by the Sherman–Morrison recursion (WoodFisher):
     F_0⁻¹ = I/λ,  F_i⁻¹ = F_{i−1}⁻¹ − (F_{i−1}⁻¹ g_i)(F_{i−1}⁻¹ g_i)ᵀ / (m + g_iᵀ F_{i−1}⁻¹ g_i).
-    All blocks advance together, one gradient at a time."""
+    All blocks advance together. ``chunk`` gradients are folded in per pass with the same
+    recursion in its rank-``chunk`` (Woodbury) form, F⁻¹ − U (mI + G_c U)⁻¹ Uᵀ with U = F⁻¹G_cᵀ:
+    ``chunk=1`` is the textbook one-at-a-time recursion; larger chunks give the same matrix with
+    fewer passes over the d·B numbers (``bench/fisher_products.py``)."""
 
     structure = "block"
 
-    def __init__(self, G: torch.Tensor, damping: float, block_size: int = 128, max_bytes: int | None = None):
+    def __init__(self, G: torch.Tensor, damping: float, block_size: int = 128, max_bytes: int | None = None, chunk: int = 16):
         G = _check_gradients(G)
         if int(block_size) < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if int(chunk) < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
         self.damping, self.m, self.dim = _check_damping(damping), G.shape[0], G.shape[1]
         self.block_size = B = min(int(block_size), self.dim)
         check_memory("block Fisher", estimate_memory("block", self.dim, self.m, B, G.element_size()), max_bytes, G.device)
         self.n_blocks = -(-self.dim // B)
         self._pad = self.n_blocks * B - self.dim
         inv = torch.eye(B, dtype=G.dtype, device=G.device).repeat(self.n_blocks, 1, 1) / self.damping
-        for g in G:
-            gb = self._blocks(g)  # (n_blocks, B)
-            u = torch.bmm(inv, gb.unsqueeze(-1)).squeeze(-1)
-            denom = self.m + (gb * u).sum(-1)
-            inv -= u.unsqueeze(-1) * (u / denom.unsqueeze(-1)).unsqueeze(-2)
+        for start in range(0, self.m, int(chunk)):
+            Gc = self._blocks(G[start : start + int(chunk)]).transpose(0, 1)  # (n_blocks, c, B)
+            U = torch.bmm(inv, Gc.transpose(1, 2))  # (n_blocks, B, c) = F⁻¹ g for each g of the chunk
+            if Gc.shape[1] == 1:  # Sherman–Morrison
+                denom = self.m + torch.bmm(Gc, U)  # (n_blocks, 1, 1)
+                inv -= torch.bmm(U, U.transpose(1, 2)) / denom
+            else:
+                inner = self.m * torch.eye(Gc.shape[1], dtype=G.dtype, device=G.device) + torch.bmm(Gc, U)
+                inv -= torch.bmm(U, torch.linalg.solve(inner, U.transpose(1, 2)))
         self.inverse_blocks = inv
         self.G = G  # for matvec (checks and diagnostics): block products are formed on demand
         self._dtype, self._device = G.dtype, G.device
@@ -265,13 +274,13 @@ class BlockFisher(Fisher):
         return self._unblocks(out)
 
 
-def make_fisher(G: torch.Tensor, damping: float, structure: str = "woodbury", block_size: int = 128, max_bytes: int | None = None) -> Fisher:
+def make_fisher(G: torch.Tensor, damping: float, structure: str = "woodbury", block_size: int = 128, max_bytes: int | None = None, chunk: int = 16) -> Fisher:
     """The damped empirical Fisher of the gradient rows ``G`` (m × d) in the given structure
     (``diagonal`` | ``block`` | ``woodbury`` | ``dense``; K-FAC needs the model: :meth:`KFACFisher.from_model`)."""
     if structure == "diagonal":
         return DiagonalFisher(G, damping, max_bytes)
     if structure == "block":
-        return BlockFisher(G, damping, block_size, max_bytes)
+        return BlockFisher(G, damping, block_size, max_bytes, chunk)
     if structure == "woodbury":
         return WoodburyFisher(G, damping, max_bytes)
     if structure == "dense":
@@ -445,3 +454,46 @@ def _token_mask(batch, inputs: torch.Tensor, B: int):
     if isinstance(batch, dict) and "attention_mask" in batch and inputs.dim() == 3 and inputs.shape[:2] == batch["attention_mask"].shape:
         return batch["attention_mask"].reshape(-1).bool()
     return None
+
+
+def structure_costs(model, batches, v: torch.Tensor | None = None, params=None, damping: float = 1e-3,
+                    structures=("diagonal", "block", "woodbury", "kfac", "dense"), block_size: int = 128,
+                    outputs_fn=None, max_bytes: int | None = None) -> list[dict]:
+    """Build each structure from the same examples and apply its inverse once: rows of
+    ``structure``, ``build_s`` (per-sample gradients included, except for K-FAC which needs none),
+    ``product_s``, ``memory_mb`` (the estimate), ``result`` (F̂_λ⁻¹ v) or ``refused`` (the memory error).
+    ``v`` defaults to the mean gradient of the examples. Notebook 02, "What each structure costs"."""
+    import time
+
+    from .per_sample import ParameterSpace, gradient_matrix, lm_outputs, select_parameters
+
+    outputs_fn = outputs_fn or lm_outputs
+    batches = list(batches)
+    space = params if isinstance(params, ParameterSpace) else select_parameters(model, params)
+    start = time.perf_counter()
+    G, _ = gradient_matrix(model, batches, space, outputs_fn=outputs_fn, max_bytes=max_bytes)
+    grad_s = time.perf_counter() - start
+    v = G.mean(0) if v is None else v
+    rows = []
+    for structure in structures:
+        row = dict(structure=structure, m=len(G), dim=space.dim)
+        if structure == "kfac":
+            row["memory_mb"] = None  # known once the layers are found
+        else:
+            row["memory_mb"] = estimate_memory(structure, space.dim, len(G), block_size, G.element_size()) / 2**20
+        try:
+            start = time.perf_counter()
+            if structure == "kfac":
+                F = KFACFisher.from_model(model, batches, space, damping, outputs_fn, max_bytes)
+                row["build_s"] = time.perf_counter() - start
+                row["memory_mb"] = sum(2 * (l["eig_A"][1].numel() + l["eig_S"][1].numel()) for l in F.layers.values()) * G.element_size() / 2**20
+            else:
+                F = make_fisher(G, damping, structure, block_size, max_bytes)
+                row["build_s"] = grad_s + time.perf_counter() - start
+            start = time.perf_counter()
+            row["result"] = F.inverse_product(v)
+            row["product_s"] = time.perf_counter() - start
+        except MemoryBudgetError as err:
+            row["refused"] = str(err)
+        rows.append(row)
+    return rows

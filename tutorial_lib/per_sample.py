@@ -135,7 +135,7 @@ def lm_outputs(model: nn.Module, batch: dict) -> Outputs:
     mask = batch.get("attention_mask")
     B, T = ids.shape
     position_ids = torch.arange(T, device=ids.device).expand(B, T)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, :-1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits[:, :-1]
     labels = batch.get("labels", ids)[:, 1:]
     keep = labels != -100
     if mask is not None:
@@ -266,31 +266,50 @@ def capture(model: nn.Module, batch, modules: list[nn.Module], outputs_fn=lm_out
     return live, grads, losses.detach()
 
 
-def _per_sample(kind: str, rec: _Record, gout: torch.Tensor, local: str, B: int, dtype) -> torch.Tensor:
-    """The per-sample gradient of one recorded module call for its parameter ``local``, (B, *shape)."""
+def _write(kind: str, rec: _Record, gout: torch.Tensor, local: str, out: torch.Tensor, first: bool) -> None:
+    """Write (``first``) or add the per-sample gradient of one recorded module call for its parameter
+    ``local`` into ``out`` (B, *shape), which may be a strided view into G: no temporaries of G's size."""
     x, mod = rec.inputs, rec.module
+    B = out.shape[0]
     if gout.shape[0] != B:
         raise ValueError(
             f"{type(mod).__name__} output has batch dimension {gout.shape[0]}, expected {B}: an input was "
             "broadcast over the batch (pass position_ids for the whole batch)"
         )
     g = gout.reshape(B, -1, gout.shape[-1])
-    if local == "bias" and kind in ("linear", "conv1d", "layernorm"):
-        return g.sum(1)
-    if kind == "linear":
-        return torch.bmm(g.transpose(1, 2), x.reshape(B, -1, x.shape[-1]))  # (B, out, in)
-    if kind == "conv1d":
-        return torch.bmm(x.reshape(B, -1, x.shape[-1]).transpose(1, 2), g)  # Conv1D weight is (in, out)
-    if kind == "layernorm":
-        xhat = nn.functional.layer_norm(x, mod.normalized_shape, eps=mod.eps)
-        return (g * xhat.reshape(g.shape)).sum(1)
-    if kind == "embedding":
+    if kind in ("linear", "conv1d") and local == "weight":
+        a = x.reshape(B, -1, x.shape[-1])
+        left, right = (g.transpose(1, 2), a) if kind == "linear" else (a.transpose(1, 2), g)  # Conv1D weight is (in, out)
+        if first:
+            torch.bmm(left, right, out=out)
+        else:
+            out.baddbmm_(left, right)
+        return
+    if kind in ("linear", "conv1d", "layernorm") and local == "bias":
+        value = g
+    elif kind == "layernorm":
+        value = g * nn.functional.layer_norm(x, mod.normalized_shape, eps=mod.eps).reshape(g.shape)
+    elif kind == "embedding":
+        if first:
+            out.zero_()
         ids = x.reshape(B, -1)
-        out = torch.zeros(B, mod.num_embeddings, g.shape[-1], dtype=dtype, device=g.device)
         for b in range(B):
-            out[b].index_add_(0, ids[b], g[b].to(dtype))
-        return out
-    raise NotImplementedError(kind)  # pragma: no cover - filtered by the caller
+            out[b].index_add_(0, ids[b], g[b].to(out.dtype))
+        return
+    else:  # pragma: no cover - filtered by the caller
+        raise NotImplementedError(kind)
+    if first:
+        torch.sum(value, dim=1, out=out)
+    else:
+        out.add_(value.sum(1))
+
+
+def _per_sample(kind: str, rec: _Record, gout: torch.Tensor, local: str, B: int, dtype) -> torch.Tensor:
+    """The per-sample gradient of one recorded module call for its parameter ``local``, (B, *shape)."""
+    shape = getattr(rec.module, local).shape
+    out = torch.empty(B, *shape, dtype=dtype, device=gout.device)
+    _write(kind, rec, gout, local, out, first=True)
+    return out
 
 
 def _hooks(model, batch, space: ParameterSpace, outputs_fn) -> torch.Tensor:
@@ -302,22 +321,31 @@ def _hooks(model, batch, space: ParameterSpace, outputs_fn) -> torch.Tensor:
                 "use method='loop' or choose another parameter subset"
             )
     local = {id(m): own for _, m, own in owners}
-    records, gouts, _ = capture(model, batch, [m for _, m, _ in owners], outputs_fn)
+    records, gouts, losses = capture(model, batch, [m for _, m, _ in owners], outputs_fn)
+    # G's rows are products and sums of these: checking them is as good as checking G, and far smaller
+    _check_finite([losses, *(r.inputs for r in records if r.inputs.is_floating_point()), *(g for g in gouts if g is not None)])
     B = _batch_size(batch)
     p0 = space.parameters(model)[0]
-    parts: dict[str, torch.Tensor] = {}
+    G = torch.empty(B, space.dim, dtype=p0.dtype, device=p0.device)
+    views = {n: G[:, a:b].view(B, *s) for (n, (a, b)), s in zip(space.offsets.items(), space.shapes)}
+    written: set[str] = set()
     for rec, gout in zip(records, gouts):
         if gout is None:
             continue
         kind = module_kind(rec.module)
         for ln, name in local[id(rec.module)].items():
-            value = _per_sample(kind, rec, gout, ln, B, p0.dtype)
-            parts[name] = parts[name] + value if name in parts else value  # a tied weight adds its uses
-    flat = [
-        parts[n].reshape(B, -1) if n in parts else torch.zeros(B, s.numel(), dtype=p0.dtype, device=p0.device)
-        for n, s in zip(space.names, space.shapes)
-    ]
-    return torch.cat(flat, dim=1)
+            _write(kind, rec, gout, ln, views[name], first=name not in written)  # a tied weight adds its uses
+            written.add(name)
+    for name in space.names:
+        if name not in written:  # not reached by the loss
+            views[name].zero_()
+    return G
+
+
+def _check_finite(tensors) -> None:
+    sums = torch.stack([t.sum().to(torch.float64) for t in tensors])  # one fast reduction per tensor
+    if not bool(torch.isfinite(sums).all()):
+        raise FloatingPointError("non-finite values in the loss or the activations: per-sample gradients would hold NaN or inf")
 
 
 def _loop(model, batch, space: ParameterSpace, outputs_fn) -> torch.Tensor:
@@ -404,7 +432,9 @@ def per_sample_gradients(model: nn.Module, batch, params=None, method: str = "ho
     if _batch_size(batch) == 0:
         raise ValueError("the batch is empty: no per-sample gradients to compute")
     space = params if isinstance(params, ParameterSpace) else select_parameters(model, params)
-    fn = {"hooks": _hooks, "loop": _loop, "vmap": _vmap, "opacus": _opacus}[method]
+    if method == "hooks":
+        return _hooks(model, batch, space, outputs_fn)  # checks the (smaller) factors of G instead
+    fn = {"loop": _loop, "vmap": _vmap, "opacus": _opacus}[method]
     return _check_gradients(fn(model, batch, space, outputs_fn))
 
 
