@@ -42,7 +42,7 @@ from .fisher import (
     make_fisher,
     structure_costs,
 )
-from .memorization import MemorizationConfig, MemorizationResult, run_memorization, train_memorization_model
+from .memorization import MemorizationConfig, MemorizationResult, run_memorization, train_memorization_model, train_retrained_model
 from .models import ModelConfig, count_parameters, load_pretrained, make_model
 from .newton import (
     ConvexProblem,
@@ -87,5 +87,16 @@ from .plotting import (
 from .profiles import PROFILES, resolve_device, resolve_profile
 from .tokenization import make_byte_tokenizer, train_bpe_tokenizer
 from .training import TrainConfig, TrainHistory, train_language_model
+from .unlearning import (
+    METHODS,
+    FisherForgettingConfig,
+    FisherRemovalConfig,
+    UnlearningError,
+    UnlearningReport,
+    canary_forget_items,
+    evaluate_unlearning,
+    next_token_kl,
+    unlearn,
+)
 
 __version__ = "0.1.0"

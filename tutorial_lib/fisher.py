@@ -319,7 +319,7 @@ class KFACFisher(Fisher):
     @classmethod
     def from_model(cls, model, batches, params=None, damping: float = 1e-3, outputs_fn=None, max_bytes: int | None = None) -> "KFACFisher":
         """Accumulate the factors over ``batches`` (each as for :func:`~tutorial_lib.per_sample.per_sample_gradients`)."""
-        from .per_sample import ParameterSpace, _per_sample, capture, lm_outputs, module_kind, owning_modules, select_parameters
+        from .per_sample import ParameterSpace, _check_finite, _per_sample, capture, lm_outputs, module_kind, owning_modules, select_parameters
 
         outputs_fn = outputs_fn or lm_outputs
         damping = _check_damping(damping)
@@ -365,6 +365,7 @@ class KFACFisher(Fisher):
         m = 0
         for batch in batches:
             records, gouts, losses = capture(model, batch, [mod for _, mod, _ in owners], outputs_fn)
+            _check_finite([losses, *(r.inputs for r in records if r.inputs.is_floating_point()), *(g for g in gouts if g is not None)])
             B = len(losses)
             m += B
             tied: dict[str, torch.Tensor] = {}

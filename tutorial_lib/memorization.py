@@ -148,35 +148,58 @@ def prepare_memorization(cfg: MemorizationConfig, seed: int = 0, tokenizer=None)
     return splits, tokenizer, canaries, inserted
 
 
-def train_memorization_model(cfg: MemorizationConfig, seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True):
+def train_memorization_model(cfg: MemorizationConfig, seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True,
+                             without: tuple[str, ...] = ()):
     """Train (or load from the cache) the model of a memorisation run.
-    Returns ``(model, tokenizer, canaries, splits, record, from_cache)``. Notebook 03, "Training"."""
+    Returns ``(model, tokenizer, canaries, splits, record, from_cache)``. Notebook 03, "Training".
+
+    ``without`` names canaries whose inserted lines are dropped from the training text, everything
+    else (seed, budget, the other lines and their order) unchanged: the **retrained oracle** that
+    unlearning is measured against (notebook 04). See :func:`train_retrained_model`."""
     device = resolve_device(device)
     pretrained = None
     if cfg.model.pretrained_path:
         pretrained = load_pretrained(cfg.model.pretrained_path, device=device)
     splits, tokenizer, canaries, inserted = prepare_memorization(cfg, seed, pretrained[1] if pretrained else None)
+    names = {c.name for c in canaries}
+    unknown = sorted(set(without) - names)
+    if unknown:
+        raise ValueError(f"unknown canary names {unknown}; this run has {sorted(names)}")
     run_config = {"kind": "memorization", "seed": seed, "data_sha256": sha256_file(corpus_path(cfg.corpus)), **cfg.to_dict()}
     run_config.pop("estimate_samples")  # evaluation setting only
+    if without:
+        run_config["without"] = sorted(without)
     folder = cache_root(cache_dir) / f"memorization-{config_key(run_config)}"
     if (folder / "run.json").is_file():
         model, tokenizer, record = load_run(folder, run_config, device=device)
         return model, tokenizer, canaries, splits, record, True
     model = pretrained[0] if pretrained else make_model(cfg.model, len(tokenizer), seed=seed, device=device)
-    train_ids = tokenize_lines(tokenizer, inserted.lines)
+    dropped = {i for name in without for i in inserted.positions[name]}
+    train_lines = [line for i, line in enumerate(inserted.lines) if i not in dropped]
+    train_ids = tokenize_lines(tokenizer, train_lines)
     val_ids = tokenize_lines(tokenizer, splits.validation)
-    trajectory: dict[str, list[list[float]]] = {c.name: [] for c in _tracked(canaries)} if cfg.track_exposure else {}
+    tracked = [c for c in _tracked(canaries)] if cfg.track_exposure and not without else []
+    trajectory: dict[str, list[list[float]]] = {c.name: [] for c in tracked}
 
     def on_eval(step, current):
-        for c in _tracked(canaries) if cfg.track_exposure and step < cfg.train.steps else []:
+        for c in tracked if step < cfg.train.steps else []:
             trajectory[c.name].append([step, compute_exposure(current, tokenizer, c, device=device).exposure])
 
     start = time.perf_counter()
     history = train_language_model(model, train_ids, val_ids, cfg.train, seed=seed, device=device, on_eval=on_eval, progress=progress)
     train_seconds = time.perf_counter() - start
-    record = {"history": history.to_dict(), "trajectory": trajectory, "train_seconds": train_seconds}
+    record = {"history": history.to_dict(), "trajectory": trajectory, "train_seconds": train_seconds, "train_lines": len(train_lines)}
     save_run(folder, model, tokenizer, run_config, record)
     return model, tokenizer, canaries, splits, record, False
+
+
+def train_retrained_model(cfg: MemorizationConfig, without: tuple[str, ...], seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True):
+    """The gold standard of unlearning: the same run retrained from scratch without the canaries
+    named in ``without`` (same seed, same number of steps), cached like the original. Returns what
+    :func:`train_memorization_model` returns. Notebook 04, "The retrained oracle"."""
+    if not without:
+        raise ValueError("name at least one canary to retrain without")
+    return train_memorization_model(cfg, seed, device, cache_dir, progress, without=tuple(without))
 
 
 def run_memorization(cfg: MemorizationConfig, seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True) -> MemorizationResult:
