@@ -12,5 +12,9 @@ def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch):
     data = json.loads((out / "memorization_exposure.json").read_text())
     assert data["config"]["profile"] == "tiny" and "torch" in data["versions"]
     assert len(data["exposures"]) == len(data["canaries"])
+    removal = (out / "fisher_removal.md").read_text()
+    assert "| retrained oracle |" in removal and "| Fisher Removal |" in removal
+    data = json.loads((out / "fisher_removal.json").read_text())
+    assert data["results"]["Fisher Removal"]["exposure"][data["target"]] < data["results"]["original"]["exposure"][data["target"]]
     png = (out / "memorization_exposure.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -156,3 +156,42 @@ def test_fisher_removal_band_at_tiny(tiny_unlearning):
             assert abs(after["exposure"][c.name] - before["exposure"][c.name]) < 3
     assert after["forget_loss"] > before["forget_loss"] and after["kl_to_reference"] > 0
     assert report.seconds < 60 and math.isfinite(report.update_norm)
+
+
+def test_repeated_requests_and_helpers(micro, byte_tokenizer):
+    from tutorial_lib.unlearning import next_token_kl, repeated_unlearning
+
+    ids = torch.tensor(byte_tokenizer("\n".join(RETAIN), add_special_tokens=False)["input_ids"])
+    assert next_token_kl(micro, micro, ids, 16, max_blocks=4) == pytest.approx(0.0, abs=1e-12)
+    seen = []
+
+    def evaluate(m):
+        seen.append(m)
+        return {"val_loss": tl_loss(m, ids)}
+
+    requests = [("a", [("the secret is ", "4242")] * 3), ("b", ["another private line"] * 2)]
+    cfg = FisherRemovalConfig(block_size=16, n_fisher=8, repeats=1)
+    final, rows = repeated_unlearning(micro, byte_tokenizer, requests, RETAIN, "fisher_removal", cfg, evaluate, n_train=100, progress=False)
+    assert [r["cycle"] for r in rows] == [0, 1, 2] and [r["request"] for r in rows] == [None, "a", "b"]
+    assert seen[0] is micro and final is seen[-1] and final is not micro
+    assert all(math.isfinite(r["val_loss"]) for r in rows) and rows[1]["update_norm"] > 0
+    with pytest.raises(ValueError, match="no deletion requests"):
+        repeated_unlearning(micro, byte_tokenizer, [], RETAIN, "fisher_removal", cfg, evaluate, n_train=100)
+
+
+def tl_loss(model, ids):
+    from tutorial_lib.evaluation import compute_loss
+
+    return compute_loss(model, ids, 16, max_blocks=4)
+
+
+def test_canary_forget_items():
+    from tutorial_lib.canaries import Canary
+
+    c = Canary("the pin of zed is {secret}.", secret="123456", insertions=3, name="zed")
+    assert canary_forget_items(c, "secret") == [("\nthe pin of zed is ", "123456.")] * 3
+    assert canary_forget_items(c, "line") == [("\n", "the pin of zed is 123456.")] * 3
+    with pytest.raises(ValueError, match="target must be"):
+        canary_forget_items(c, "digits")
+    with pytest.raises(ValueError, match="never inserted"):
+        canary_forget_items(Canary("x {secret}", secret="000000", insertions=0, name="ctl"))

@@ -407,3 +407,22 @@ def evaluate_unlearning(model, tokenizer, canaries, val_ids, retain_ids, forget_
         reference.eval()
         out["kl_to_reference"] = next_token_kl(model, reference, val_ids, block_size)
     return out
+
+
+def repeated_unlearning(model, tokenizer, requests, retain, method: str, config, evaluate: Callable, n_train: int,
+                        seed: int = 0, progress: bool = True) -> tuple[object, list[dict]]:
+    """Serve deletion requests one at a time: ``requests`` is a list of (name, forget items); after
+    each cycle the model is evaluated with ``evaluate(model) -> dict`` and n shrinks by the k items
+    just forgotten. Returns (final model, one row per cycle, the first being cycle 0 = before).
+    Notebook 05, "Repeated requests"."""
+    from tqdm.auto import tqdm
+
+    if not requests:
+        raise ValueError("no deletion requests")
+    rows = [{"cycle": 0, "request": None, "seconds": 0.0, **evaluate(model)}]
+    current = model
+    for cycle, (name, items) in enumerate(tqdm(requests, desc=f"{method} cycles", disable=not progress), start=1):
+        current, report = unlearn(current, tokenizer, items, retain, method, config, n_train=n_train, seed=seed + 1000 * cycle)
+        n_train -= report.k
+        rows.append({"cycle": cycle, "request": name, "seconds": report.seconds, "update_norm": report.update_norm, **evaluate(current)})
+    return current, rows
