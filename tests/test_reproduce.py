@@ -18,3 +18,13 @@ def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch):
     assert data["results"]["Fisher Removal"]["exposure"][data["target"]] < data["results"]["original"]["exposure"][data["target"]]
     png = (out / "memorization_exposure.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_warm_cache_trains_once_then_finds_every_model(tmp_path, monkeypatch):
+    from tutorial_lib.warm_cache import warm
+
+    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tmp_path / "cache"))
+    first = warm("tiny", seed=0, device="cpu")
+    assert [r["cached"] for r in first] == [False, False, False]
+    assert [r["cached"] for r in warm("tiny", seed=0, device="cpu")] == [True, True, True]
+    assert len(list((tmp_path / "cache").iterdir())) == 3
