@@ -38,12 +38,8 @@ class UnlearningError(RuntimeError):
 
 # ----------------------------------------------------------------------------------- configs
 @dataclass(frozen=True)
-class FisherRemovalConfig:
-    """Fisher Removal (PAPER.md §3). ``eta`` is the step scale η; ``n_fisher`` the number m of
-    retain windows whose per-sample gradients build F̂ (``fisher_source`` "retain" or "all" to mix
-    in the forget items); ``structure`` woodbury | block | diagonal | kfac; ``params`` a parameter
-    subset (None: all); ``repeats`` applies the step that many times, recomputing Δ and F̂ at the
-    new weights; ``max_update_norm`` refuses larger updates."""
+class _FisherStepConfig:
+    """Fields shared by Fisher Removal and Fisher Forgetting (see :class:`FisherRemovalConfig`)."""
 
     damping: float = 1e-3
     eta: float = 0.005
@@ -59,6 +55,15 @@ class FisherRemovalConfig:
     def __post_init__(self):
         _check_common(self)
 
+
+@dataclass(frozen=True)
+class FisherRemovalConfig(_FisherStepConfig):
+    """Fisher Removal (PAPER.md §3). ``eta`` is the step scale η; ``n_fisher`` the number m of
+    retain windows whose per-sample gradients build F̂ (``fisher_source`` "retain" or "all" to mix
+    in the forget items); ``structure`` woodbury | block | diagonal | kfac; ``params`` a parameter
+    subset (None: all); ``repeats`` applies the step that many times, recomputing Δ and F̂ at the
+    new weights; ``max_update_norm`` refuses larger updates."""
+
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "FisherRemovalConfig":
         """Defaults chosen from notebook 04's sweep: the step scale η/(n−k) comes out at about 2e-7
@@ -70,7 +75,7 @@ class FisherRemovalConfig:
 
 
 @dataclass(frozen=True)
-class FisherForgettingConfig:
+class FisherForgettingConfig(_FisherStepConfig):
     """Fisher Forgetting (PAPER.md §4): ``variant`` "noise" (Golatkar et al.'s scrubbing noise only)
     or "newton_noise" (the Fisher Removal step plus noise); noise (μσ²)^{1/4} F̂_λ^{exponent} ε with
     ``exponent`` −1/4 (the paper's formula) or −1/2 (Golatkar's code); ``structure`` diagonal |
@@ -80,16 +85,6 @@ class FisherForgettingConfig:
     exponent: float = -0.25
     mu: float = 1e-8
     sigma: float = 1.0
-    damping: float = 1e-3
-    eta: float = 0.005
-    n_fisher: int = 128
-    fisher_source: str = "retain"
-    structure: str = "kfac"
-    params: tuple[str, ...] | None = None
-    repeats: int = 6
-    block_size: int | None = None
-    batch_size: int = 32
-    max_update_norm: float = 100.0
     seed: int = 0
 
     def __post_init__(self):
