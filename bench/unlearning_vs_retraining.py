@@ -7,7 +7,8 @@ For the memorisation run of a profile (notebook 03's GPT-2 with canaries), the s
   lines; exposure tracking off), timed end to end;
 * runs each unlearning method on the original model through ``tutorial_lib.unlearn`` with its
   profile defaults (forget set: the canary's occurrences, secret given prefix), timed end to end:
-  Fisher Removal with K-FAC (default), with the exact Woodbury Fisher, and Fisher Forgetting;
+  Fisher Removal with K-FAC (default), with the exact Woodbury Fisher, Fisher Forgetting, and the
+  four first-order baselines of notebook 06 at their defaults;
 
 and prints each method's seconds and its fraction of the retraining time. The original model comes
 from the train-or-load cache (it is trained first if missing; that time is not counted). No exposure
@@ -68,8 +69,11 @@ def main(argv=None) -> None:
     methods = {
         "fisher_removal (kfac)": ("fisher_removal", removal),
         "fisher_removal (woodbury)": ("fisher_removal", replace(removal, structure="woodbury")),
-        "fisher_forgetting (kfac)": ("fisher_forgetting", tl.FisherForgettingConfig(eta=removal.eta, repeats=removal.repeats, mu=1e-20)),
+        "fisher_forgetting (kfac)": ("fisher_forgetting", tl.FisherForgettingConfig.for_profile(args.profile)),
     }
+    for method in ("gradient_ascent", "gradient_difference", "npo", "fine_tune"):  # notebook 06's defaults
+        config = tl.METHODS[method].config.for_profile(args.profile)
+        methods[f"{method} ({config.steps} steps)"] = (method, config)
     rows = []
     for label, (method, config) in methods.items():
         start = time.perf_counter()

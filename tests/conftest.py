@@ -2,11 +2,18 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
+def tiny_cache(tmp_path_factory):
+    """One model cache for the whole session: the tiny memorisation run and its retrained oracle
+    are trained once and shared by the tests that use them."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cache):
     """One tiny-profile memorisation run, shared by the tests that only read its result."""
     from tutorial_lib.memorization import MemorizationConfig, run_memorization
 
-    cache = tmp_path_factory.mktemp("cache")
+    cache = tiny_cache
     cfg = MemorizationConfig.for_profile("tiny")
     return cfg, cache, run_memorization(cfg, seed=0, device="cpu", cache_dir=cache, progress=False)
 

@@ -122,3 +122,22 @@ def test_estimate_is_close_for_an_unremarkable_secret(byte_tokenizer):
     est = estimate_exposure(model, byte_tokenizer, canary, n_samples=2000, seed=0)
     assert est.n_samples == 2000
     assert abs(est.exposure - exact.exposure) < 1.0
+
+
+def test_sampled_exposure_ranks_among_the_sampled_candidates(byte_tokenizer):
+    model = _model(byte_tokenizer, seed=3)
+    canary = Canary("the pin of carol is {secret}", "4711", space=RandomnessSpace(4))
+    full = score_candidates_bruteforce(model, byte_tokenizer, canary_texts(canary))
+    sub = compute_exposure(model, byte_tokenizer, canary, candidates=1000, seed=5)
+    again = compute_exposure(model, byte_tokenizer, canary, candidates=1000, seed=5, method="bruteforce")
+    # ground truth: the same sample drawn by hand, ranked within the full space's scores
+    index = canary.space.index(canary.secret)
+    others = np.random.default_rng(5).choice(9999, size=999, replace=False)
+    others = others + (others >= index)
+    assert index not in others and len(set(others)) == 999
+    rank = 1 + int(np.count_nonzero(full[others] <= full[index]))
+    assert sub.rank == again.rank == rank and sub.space_size == 1000
+    assert math.isclose(sub.exposure, math.log2(1000) - math.log2(rank))
+    assert compute_exposure(model, byte_tokenizer, canary, candidates=10_000).rank == compute_exposure(model, byte_tokenizer, canary).rank
+    with pytest.raises(ValueError, match="candidates must be at least 2, got 1"):
+        compute_exposure(model, byte_tokenizer, canary, candidates=1)

@@ -26,3 +26,21 @@ def test_candidate_distribution_marks_the_secret():
     marked = [line.get_xdata()[0] for line in ax.get_lines()]
     assert scores[7] in marked
     plt.close(ax.figure)
+
+
+def test_tradeoff_plot_has_one_line_per_group_and_the_reference_points():
+    def row(d, e, x, y):
+        return {"params": {"damping": d, "eta": e}, "exposure": {"c": y}, "val_perplexity": x}
+
+    rows = [row(1e-3, 1.0, 5.0, 9.0), row(1e-3, 2.0, 5.5, 2.0), row(1e-2, 1.0, 5.1, 12.0), {"params": {"damping": 1e-2, "eta": 2.0}, "error": "x"}]
+    sweep = {"method": "fisher_removal", "target": "c", "candidates": 1000, "rows": rows, "chosen": rows[1],
+             "original": {"val_perplexity": 4.9, "exposure": {"c": 15.0}}, "oracle": {"val_perplexity": 4.95, "exposure": {"c": 0.5}}}
+    ax = tl.plot_tradeoff(sweep, group="damping")
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "fisher removal, damping 0.001" in labels and "fisher removal, damping 0.01" in labels
+    oracle = ax.get_lines()[labels.index("retrained oracle")]
+    assert (oracle.get_xdata()[0], oracle.get_ydata()[0]) == (4.95, 0.5)
+    chosen = ax.get_lines()[labels.index("chosen setting")]
+    assert (chosen.get_xdata()[0], chosen.get_ydata()[0]) == (5.5, 2.0)
+    assert ax.get_lines()[labels.index("+20% perplexity")].get_xdata()[0] == 4.9 * 1.2
+    plt.close(ax.figure)

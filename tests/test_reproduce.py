@@ -3,8 +3,8 @@ import json
 from tutorial_lib.reproduce import main
 
 
-def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tmp_path / "cache"))
+def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch, tiny_cache):
+    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
     out = tmp_path / "results"
     assert main(["--profile", "tiny", "--out", str(out), "--device", "cpu"]) == 0
     table = (out / "memorization_exposure.md").read_text()
@@ -12,10 +12,17 @@ def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch):
     data = json.loads((out / "memorization_exposure.json").read_text())
     assert data["config"]["profile"] == "tiny" and "torch" in data["versions"]
     assert len(data["exposures"]) == len(data["canaries"])
-    removal = (out / "fisher_removal.md").read_text()
-    assert "| retrained oracle |" in removal and "| Fisher Removal |" in removal
-    data = json.loads((out / "fisher_removal.json").read_text())
-    assert data["results"]["Fisher Removal"]["exposure"][data["target"]] < data["results"]["original"]["exposure"][data["target"]]
+    removal = (out / "unlearning_methods.md").read_text()
+    assert "| retrained oracle |" in removal and "| fisher_removal |" in removal and "| npo |" in removal
+    data = json.loads((out / "unlearning_methods.json").read_text())
+    assert set(data["reports"]) == {"fisher_removal", "fisher_forgetting", "gradient_ascent", "gradient_difference", "npo", "fine_tune"}
+    forgotten = {m: r["exposure"][data["target"]] for m, r in data["results"].items()}
+    assert forgotten["fisher_removal"] < forgotten["original"] - 3 and forgotten["gradient_ascent"] < forgotten["original"]
+    bench = (out / "benchmark.md").read_text()
+    assert "## shakespeare" in bench and "## bible" in bench and "C2 (seed 0)" in bench
+    data = json.loads((out / "benchmark.json").read_text())
+    assert len(data["cells"]) == 2 and set(data["summary"]) == {"shakespeare", "bible"} and "torch" in data["versions"]
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png = (out / "memorization_exposure.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -24,7 +31,7 @@ def test_warm_cache_trains_once_then_finds_every_model(tmp_path, monkeypatch):
     from tutorial_lib.warm_cache import warm
 
     monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tmp_path / "cache"))
-    first = warm("tiny", seed=0, device="cpu")
+    first = warm("tiny", seed=0, device="cpu", studies=False)  # the studies are tested in test_studies.py
     assert [r["cached"] for r in first] == [False, False, False]
-    assert [r["cached"] for r in warm("tiny", seed=0, device="cpu")] == [True, True, True]
+    assert [r["cached"] for r in warm("tiny", seed=0, device="cpu", studies=False)] == [True, True, True]
     assert len(list((tmp_path / "cache").iterdir())) == 3

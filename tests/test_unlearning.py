@@ -124,11 +124,11 @@ def test_refused_updates_leave_the_weights_intact(micro, byte_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def tiny_unlearning(tmp_path_factory):
+def tiny_unlearning(tiny_cache):
     import tutorial_lib as tl
     from tutorial_lib.memorization import prepare_memorization, train_retrained_model
 
-    cache = tmp_path_factory.mktemp("unlearning")
+    cache = tiny_cache
     cfg = tl.MemorizationConfig.for_profile("tiny")
     model, tok, canaries, splits, _, _ = tl.train_memorization_model(cfg, seed=0, cache_dir=cache, progress=False)
     big = max(canaries, key=lambda c: c.insertions)

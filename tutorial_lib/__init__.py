@@ -2,6 +2,7 @@
 
 Nothing runs at import time; submodules load their heavy dependencies when called.
 """
+from .baselines import FineTuneConfig, GradientAscentConfig, GradientDifferenceConfig, NPOConfig
 from .canaries import Canary, InsertedCorpus, RandomnessSpace, insert_canaries, make_canaries
 from .cache import CheckpointMismatchError, cache_root, load_run, save_run
 from .curvature import (
@@ -81,10 +82,21 @@ from .plotting import (
     plot_exact_vs_estimate,
     plot_exposure_trajectory,
     plot_exposure_vs_insertions,
+    plot_tradeoff,
     plot_training_curve,
     use_style,
 )
 from .profiles import PROFILES, resolve_device, resolve_profile
+from .studies import (
+    UnlearningSetup,
+    choose_setting,
+    forgetting_sweep,
+    reference_points,
+    removal_sweep,
+    repeated_requests_study,
+    sweep_unlearning,
+    unlearning_setup,
+)
 from .tokenization import make_byte_tokenizer, train_bpe_tokenizer
 from .training import TrainConfig, TrainHistory, train_language_model
 from .unlearning import (

@@ -65,3 +65,40 @@ def load_run(folder: str | os.PathLike, expected_config: dict | None = None, dev
     model.eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
     return model, tokenizer, meta.get("record", {})
+
+
+# modules whose code cannot change a cached study's numbers: presentation, and computations no study runs
+NOT_FINGERPRINTED = ("__init__.py", "notebook.py", "plotting.py", "reproduce.py", "warm_cache.py", "newton.py", "curvature.py",
+                     "benchmark.py")
+
+
+def code_fingerprint(extra: tuple[str, ...] = ()) -> str:
+    """Short sha256 of the library's source files that compute the studies' numbers (all but
+    :data:`NOT_FINGERPRINTED`, plus the module names in ``extra``): cached *results* (not models)
+    depend on it."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name not in NOT_FINGERPRINTED or path.name in extra:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def result_path(name: str, key: dict, cache_dir=None, modules: tuple[str, ...] = ()) -> Path:
+    """Where :func:`cached_result` keeps the result of ``name`` for ``key`` (it may not exist yet)."""
+    return cache_root(cache_dir) / "results" / f"{name}-{config_key({'name': name, 'code': code_fingerprint(modules), **key})}.json"
+
+
+def cached_result(name: str, key: dict, compute, cache_dir=None, use_cache: bool = True, modules: tuple[str, ...] = ()) -> tuple[dict, bool]:
+    """``compute()`` (a JSON-able dict) stored as ``results/<name>-<key>.json`` in the cache, keyed by
+    ``key`` and the library's code (:func:`code_fingerprint` with ``modules``); returns ``(result,
+    from_cache)``. ``use_cache=False`` recomputes and overwrites. Used for the notebooks' sweeps and
+    repeated-request runs (notebooks 04–06) and the benchmark's cells (notebook 07)."""
+    path = result_path(name, key, cache_dir, modules)
+    if use_cache and path.is_file():
+        return json.loads(path.read_text())["result"], True
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"format": CACHE_FORMAT, "name": name, "key": key, "result": result}, indent=1, default=str))
+    tmp.replace(path)
+    return json.loads(path.read_text())["result"], False

@@ -269,7 +269,7 @@ def score_candidates_bruteforce(model, tokenizer, texts: list[str], device=None,
 
 @dataclass
 class ExposureResult:
-    """Exact exposure of one canary over its whole randomness space."""
+    """Exact exposure of one canary over its whole randomness space (or ``space_size`` sampled candidates)."""
 
     name: str
     insertions: int
@@ -311,23 +311,42 @@ def canary_trie(tokenizer, canary: Canary, context: str = "\n", secrets: list[st
 
 
 def compute_exposure(
-    model, tokenizer, canary: Canary, context: str = "\n", device=None, method: str = "trie"
+    model, tokenizer, canary: Canary, context: str = "\n", device=None, method: str = "trie",
+    candidates: int | None = None, seed: int = 0,
 ) -> ExposureResult:
     """Exact exposure of ``canary``: score all |R| candidates (``method`` "trie" or "bruteforce"),
     rank the true secret. ``context`` is the text before the canary (a line start in training).
+
+    ``candidates`` (< |R|) ranks the secret among that many candidates instead: itself and a
+    uniform sample (``seed``) of the others, exposure ``log2(candidates) - log2(rank)``. It tracks
+    the full exposure while that is well below ``log2(candidates)`` bits, where it saturates. The
+    saving is less than ``candidates/|R|``, because a random sample shares fewer trie prefixes:
+    at the small profile 10⁵ of 10⁶ six-digit secrets score in 6.5 s against 9.7 s, 10⁴ in about
+    2 s. The sweeps of notebooks 04 to 06 use 10⁴.
     Notebook 03, "Exposure"."""
     if method not in ("trie", "bruteforce"):
         raise ValueError(f"unknown exposure method {method!r}; expected 'trie' or 'bruteforce'")
+    space = canary.space
+    if candidates is not None and not 2 <= candidates:
+        raise ValueError(f"candidates must be at least 2, got {candidates}")
     start = time.perf_counter()
-    if method == "trie":
-        scores = score_trie(model, canary_trie(tokenizer, canary, context), device=device)
+    index = space.index(canary.secret)
+    if candidates is None or candidates >= space.size:
+        secrets, position = None, index
     else:
-        scores = score_candidates_bruteforce(model, tokenizer, canary_texts(canary, context), device=device)
-    index = canary.space.index(canary.secret)
-    rank, exposure = exposure_from_scores(scores, index)
+        rng = np.random.default_rng(seed)
+        others = rng.choice(space.size - 1, size=candidates - 1, replace=False)
+        others = np.sort(others + (others >= index))  # skip the secret's own index
+        secrets, position = [space.secret(int(i)) for i in others] + [canary.secret], candidates - 1
+    if method == "trie":
+        scores = score_trie(model, canary_trie(tokenizer, canary, context, secrets), device=device)
+    else:
+        texts = canary_texts(canary, context) if secrets is None else [context + canary.prefix + s + canary.suffix for s in secrets]
+        scores = score_candidates_bruteforce(model, tokenizer, texts, device=device)
+    rank, exposure = exposure_from_scores(scores, position)
     return ExposureResult(
-        canary.name, canary.insertions, canary.secret, exposure, rank, canary.space.size,
-        float(scores[index]), time.perf_counter() - start,
+        canary.name, canary.insertions, canary.secret, exposure, rank, len(scores),
+        float(scores[position]), time.perf_counter() - start,
     )
 
 

@@ -115,3 +115,40 @@ def plot_candidate_distribution(scores_bits, secret_index: int, estimate=None, a
     ax.set_ylabel("density")
     ax.legend(fontsize="small")
     return ax
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plot_tradeoff(sweep: dict, ax=None, group: str | None = None, max_ppl_increase: float = 0.2, label: str | None = None,
+                  color: str | None = None, references: bool = True, annotate: bool = True, marker: str = "o-"):
+    """Exposure of the forgotten canary against validation perplexity for every point of a sweep
+    (:func:`~tutorial_lib.studies.removal_sweep` and friends): one line per value of ``group`` (a
+    swept field), the other fields annotated; the original (square), the retrained oracle (star), the
+    perplexity budget (dotted) and the sweep's pick (ringed); ``references=False`` draws the points
+    only (for a second sweep on the same axes). Notebooks 04 to 06."""
+    ax = _axes(ax)
+    target = sweep["target"]
+    rows = [r for r in sweep["rows"] if "error" not in r]
+    groups = sorted({r["params"][group] for r in rows}) if group else [None]
+    for i, g in enumerate(groups):
+        part = sorted((r for r in rows if group is None or r["params"][group] == g), key=lambda r: r["val_perplexity"])
+        name = label or sweep["method"].replace("_", " ")
+        ax.plot([r["val_perplexity"] for r in part], [r["exposure"][target] for r in part], marker, ms=4, color=color or f"C{i}",
+                label=name if group is None else f"{name}, {group} {_fmt(g)}")
+        for r in part if annotate else []:
+            text = ", ".join(_fmt(v) for k, v in r["params"].items() if k != group)
+            ax.annotate(text, (r["val_perplexity"], r["exposure"][target]), fontsize="xx-small", xytext=(3, 3), textcoords="offset points")
+    original, oracle, chosen = sweep["original"], sweep["oracle"], sweep.get("chosen")
+    if not references:
+        return ax
+    ax.plot(original["val_perplexity"], original["exposure"][target], "ks", ms=8, label="original")
+    ax.plot(oracle["val_perplexity"], oracle["exposure"][target], "*", color="green", ms=15, label="retrained oracle")
+    if chosen:
+        ax.plot(chosen["val_perplexity"], chosen["exposure"][target], "o", ms=14, mfc="none", mec="black", label="chosen setting")
+    ax.axvline((1 + max_ppl_increase) * original["val_perplexity"], color="grey", ls=":", label=f"+{max_ppl_increase:.0%} perplexity")
+    ax.set_xlabel("validation perplexity")
+    ax.set_ylabel(f"exposure of {target} (bits, |R| = {sweep['candidates']:,})" if sweep.get("candidates") else f"exposure of {target} (bits)")
+    ax.legend(fontsize="x-small")
+    return ax

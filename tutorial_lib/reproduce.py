@@ -39,52 +39,77 @@ def write_memorization(result, out: Path) -> list[Path]:
     return [md, js, png]
 
 
-def fisher_removal_experiment(cfg, seed: int = 0, device=None) -> dict:
-    """Notebook 04's experiment: forget the most-inserted canary with the profile's default Fisher
-    Removal and compare with the retrained oracle on every canary, perplexity and KL."""
-    from .evaluation import tokenize_lines
-    from .memorization import prepare_memorization, train_memorization_model, train_retrained_model
-    from .unlearning import FisherRemovalConfig, canary_forget_items, evaluate_unlearning, unlearn
+def unlearning_experiment(cfg, seed: int = 0, device=None, methods: tuple[str, ...] | None = None) -> dict:
+    """Notebooks 04–06 on one request: forget the most-inserted canary with every method at its
+    profile default (Fisher Removal, Fisher Forgetting and the first-order baselines) and compare
+    each with the retrained oracle on the watched canaries (exact exposure of the forgotten one, the
+    other inserted ones and a control), perplexity, KL and wall time."""
+    from .studies import reference_points, unlearning_setup
+    from .unlearning import METHODS
 
-    model, tokenizer, canaries, splits, _, _ = train_memorization_model(cfg, seed=seed, device=device, progress=False)
-    _, _, _, inserted = prepare_memorization(cfg, seed=seed)
-    target = max(canaries, key=lambda c: c.insertions)
-    retrained, _, _, _, retrained_record, _ = train_retrained_model(cfg, (target.name,), seed=seed, device=device, progress=False)
-    val_ids, retain_ids = tokenize_lines(tokenizer, splits.validation), tokenize_lines(tokenizer, inserted.retain)
-    items = canary_forget_items(target, "secret")
-    config = FisherRemovalConfig.for_profile(cfg.profile)
-    unlearned, report = unlearn(model, tokenizer, items, inserted.retain, "fisher_removal", config, n_train=len(inserted.lines), seed=seed)
-    rows = {}
-    for name, m in (("original", model), ("retrained oracle", retrained), ("Fisher Removal", unlearned)):
-        rows[name] = evaluate_unlearning(m, tokenizer, canaries, val_ids, retain_ids, items, cfg.train.block_size, reference=retrained)
-    return {"target": target.name, "canaries": [c.to_dict() for c in canaries], "config": report.config, "report": report.to_dict(),
-            "retrain_seconds": retrained_record["train_seconds"], "results": rows}
+    setup = unlearning_setup(cfg, seed, device, progress=False)
+    references, _ = reference_points(cfg, seed, device, progress=False)
+    rows, reports = {"original": references["original"], "retrained oracle": references["oracle"]}, {}
+    for method in methods or tuple(METHODS):
+        unlearned, report = setup.unlearn(method, METHODS[method].config.for_profile(cfg.profile))
+        rows[method] = setup.evaluate(unlearned)
+        reports[method] = report.to_dict()
+    return {"target": setup.target.name, "canaries": [c.to_dict() for c in setup.canaries if c.name in setup.watch], "reports": reports,
+            "retrain_seconds": setup.retrain_seconds, "results": rows}
 
 
-def write_fisher_removal(data: dict, out: Path) -> list[Path]:
-    """Write the Fisher Removal table (markdown + JSON) into ``out``."""
+def write_unlearning(data: dict, out: Path) -> list[Path]:
+    """Write the table of every unlearning method against the oracle (markdown + JSON) into ``out``."""
     from .notebook import library_versions
 
     out.mkdir(parents=True, exist_ok=True)
     names = [c["name"] for c in data["canaries"]]
     inserted = {c["name"]: c["insertions"] for c in data["canaries"]}
+    original = data["results"]["original"]["val_perplexity"]
     lines = [
-        "# Fisher Removal against the retrained oracle (notebook 04)", "",
-        f"Forgotten: {data['target']} ({inserted[data['target']]}x). Unlearning took {data['report']['seconds']:.1f} s, "
-        f"retraining {data['retrain_seconds']:.0f} s ({data['report']['seconds'] / data['retrain_seconds']:.3f} of it). "
-        f"Exposure in bits.", "",
+        "# Unlearning methods against the retrained oracle (notebooks 04–06)", "",
+        f"Forgotten: {data['target']} ({inserted[data['target']]}x), every method at its profile default. Retraining took "
+        f"{data['retrain_seconds']:.0f} s. Exact exposure in bits; validation perplexity on 64 blocks.", "",
         "| model | " + " | ".join(f"{n} ({inserted[n]}x)" if inserted[n] else f"{n} (control)" for n in names)
-        + " | val ppl | forget loss | KL to oracle |",
-        "|---|" + "---:|" * (len(names) + 3),
+        + " | val ppl | forget loss | KL to oracle | seconds | / retraining |",
+        "|---|" + "---:|" * (len(names) + 5),
     ]
     for model, r in data["results"].items():
+        rep = data["reports"].get(model)
+        timing = f" {rep['seconds']:.1f} | {rep['seconds'] / data['retrain_seconds']:.3f} |" if rep else " | |"
         lines.append(f"| {model} | " + " | ".join(f"{r['exposure'][n]:.2f}" for n in names)
-                     + f" | {r['val_perplexity']:.3f} | {r['forget_loss']:.2f} | {r.get('kl_to_reference', 0.0):.4f} |")
-    md = out / "fisher_removal.md"
+                     + f" | {r['val_perplexity']:.3f} ({r['val_perplexity'] / original - 1:+.1%}) | {r['forget_loss']:.2f} | "
+                     f"{r.get('kl_to_reference', 0.0):.4f} |" + timing)
+    md = out / "unlearning_methods.md"
     md.write_text("\n".join(lines) + "\n")
-    js = out / "fisher_removal.json"
+    js = out / "unlearning_methods.json"
     js.write_text(json.dumps({"versions": library_versions(), **data}, indent=1, default=str))
     return [md, js]
+
+
+def write_benchmark(result: dict, out: Path) -> list[Path]:
+    """Write the four-corpus benchmark (markdown tables, JSON of every cell and the summary, PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .benchmark import benchmark_markdown, plot_benchmark
+    from .notebook import library_versions
+    from .plotting import use_style
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "benchmark.md"
+    md.write_text(benchmark_markdown(result))
+    js = out / "benchmark.json"
+    js.write_text(json.dumps({"versions": library_versions(), **result}, indent=1, default=str))
+    use_style()
+    axes = plot_benchmark(result)
+    axes[0].figure.tight_layout()
+    png = out / "benchmark.png"
+    axes[0].figure.savefig(png, dpi=120)
+    plt.close(axes[0].figure)
+    return [md, js, png]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     print(result.summary())
     for path in write_memorization(result, out):
         print(f"  wrote {path}")
-    removal = fisher_removal_experiment(MemorizationConfig.for_profile(profile), seed=args.seed, device=args.device)
-    for path in write_fisher_removal(removal, out):
+    unlearning = unlearning_experiment(MemorizationConfig.for_profile(profile), seed=args.seed, device=args.device)
+    for path in write_unlearning(unlearning, out):
+        print(f"  wrote {path}")
+    from .benchmark import BenchmarkConfig, run_benchmark
+
+    bench_cfg = BenchmarkConfig.for_profile(profile)
+    print(f"four-corpus benchmark: {len(bench_cfg.corpora)} corpora x seeds {list(bench_cfg.seeds)}, {bench_cfg.run_profile}-scale models")
+    for path in write_benchmark(run_benchmark(bench_cfg, device=args.device), out):
         print(f"  wrote {path}")
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

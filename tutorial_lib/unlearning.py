@@ -12,8 +12,9 @@ Methods (``../shared/PAPER.md`` §3–4, our reconstruction of both):
 - ``fisher_forgetting``: optionally the same Newton step, plus (μσ²)^{1/4} F̂_λ^{p} ε with
   p = −1/4 or −1/2 (:class:`FisherForgettingConfig`).
 
-Later notebooks register their baselines in :data:`METHODS`. Every method returns a *new* model (the
-input is untouched unless ``inplace=True``) and an :class:`UnlearningReport`. An update that is not
+Notebook 06's first-order baselines (gradient ascent, gradient difference, NPO, fine-tuning) live in
+:mod:`tutorial_lib.baselines` and register themselves in :data:`METHODS`. Every method returns a
+*new* model (the input is untouched unless ``inplace=True``) and an :class:`UnlearningReport`. An update that is not
 finite, or whose norm exceeds the config's ``max_update_norm``, raises :class:`UnlearningError` and
 leaves the weights as they were. Notebooks 04 and 05.
 """
@@ -24,6 +25,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from importlib import import_module
 from typing import Callable
 
 import torch
@@ -97,6 +99,18 @@ class FisherForgettingConfig(_FisherStepConfig):
             raise ValueError("Fisher Forgetting needs F^p: use structure diagonal, woodbury or kfac")
         if not (self.mu >= 0 and self.sigma >= 0):
             raise ValueError(f"mu and sigma must be >= 0, got mu={self.mu}, sigma={self.sigma}")
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides) -> "FisherForgettingConfig":
+        """The Newton step of :meth:`FisherRemovalConfig.for_profile` plus noise at the largest
+        noise scale of notebook 05's sweep that keeps the exposure and perplexity bands
+        (:func:`~tutorial_lib.studies.forgetting_sweep`): μ = 1e-14 at ``small`` (and ``full``),
+        1e-10 at ``tiny``."""
+        from .profiles import resolve_profile
+
+        profile = resolve_profile(profile)
+        eta = FisherRemovalConfig.for_profile(profile).eta
+        return cls(**{"eta": eta, "mu": {"tiny": 1e-10, "small": 1e-14, "full": 1e-14}[profile], **overrides})
 
 
 def _check_common(cfg) -> None:
@@ -253,13 +267,14 @@ def _newton_direction(model, data, space, cfg, seed):
     return F, delta, cfg.eta / (data.n_train - data.k) * F.inverse_product(delta)
 
 
-def fisher_removal_update(model, data: UnlearningData, space: ParameterSpace, cfg: FisherRemovalConfig, seed: int):
+def fisher_removal_update(model, data: UnlearningData, space: ParameterSpace, cfg: FisherRemovalConfig, seed: int, state: dict):
     """One Fisher Removal step: (update, diagnostics)."""
     F, delta, step = _newton_direction(model, data, space, cfg, seed)
     return step, {"forget_gradient_norm": float(delta.norm()), "structure": F.structure, "m": F.m}
 
 
-def fisher_forgetting_update(model, data: UnlearningData, space: ParameterSpace, cfg: FisherForgettingConfig, seed: int):
+def fisher_forgetting_update(model, data: UnlearningData, space: ParameterSpace, cfg: FisherForgettingConfig, seed: int,
+                             state: dict):
     """Newton step (variant "newton_noise") plus (μσ²)^{1/4} F̂_λ^{p} ε: (update, diagnostics)."""
     if cfg.variant == "newton_noise":
         F, delta, step = _newton_direction(model, data, space, cfg, seed)
@@ -277,7 +292,9 @@ def fisher_forgetting_update(model, data: UnlearningData, space: ParameterSpace,
 
 @dataclass(frozen=True)
 class Method:
-    """An unlearning method: its config class and ``update(model, data, space, cfg, seed)``."""
+    """An unlearning method: its config class and ``update(model, data, space, cfg, seed, state)``,
+    called ``cfg.repeats`` times; it returns (flat update, diagnostics) and may keep what it needs
+    between calls in ``state`` (a dict that starts empty, e.g. optimiser moments)."""
 
     config: type
     update: Callable
@@ -291,12 +308,14 @@ METHODS: dict[str, Method] = {
 
 
 def unlearn(model, tokenizer, forget, retain=None, method: str = "fisher_removal", config=None, n_train: int | None = None,
-            seed: int = 0, inplace: bool = False):
+            seed: int = 0, inplace: bool = False, callback: Callable | None = None):
     """Make ``model`` forget ``forget``; returns ``(new_model, report)``.
 
     ``config`` is the method's config (default: its defaults); ``n_train`` the number n of training
     examples (default: retain items + forget items). The model passed in is not modified unless
-    ``inplace``; on any error it keeps its weights."""
+    ``inplace``; on any error it keeps its weights. ``callback(step, model) -> dict`` runs after
+    every update (repeat or optimiser step); what it returns is kept in
+    ``report.diagnostics["trace"]``."""
     if method not in METHODS:
         raise ValueError(f"unknown unlearning method {method!r}; expected one of {', '.join(METHODS)}")
     spec = METHODS[method]
@@ -313,9 +332,11 @@ def unlearn(model, tokenizer, forget, retain=None, method: str = "fisher_removal
     space = select_parameters(work, list(cfg.params) if cfg.params else None)
     before = space.get(work)
     diagnostics: dict = {"per_repeat": []}
+    state: dict = {}
+    callback_seconds = 0.0
     try:
         for r in range(cfg.repeats):
-            update, diag = spec.update(work, data, space, cfg, seed + r)
+            update, diag = spec.update(work, data, space, cfg, seed + r, state)
             norm = float(update.norm())
             if not math.isfinite(norm):
                 raise UnlearningError(f"{method}: the update holds NaN or inf (repeat {r + 1}); weights left unchanged")
@@ -327,6 +348,11 @@ def unlearn(model, tokenizer, forget, retain=None, method: str = "fisher_removal
                 )
             space.add_(work, update)
             diagnostics["per_repeat"].append({"update_norm": norm, **diag})
+            if callback is not None:  # its time is not the method's
+                tick = time.perf_counter()
+                diagnostics.setdefault("trace", []).append({"step": r + 1, **(callback(r + 1, work) or {})})
+                work.eval()
+                callback_seconds += time.perf_counter() - tick
     except BaseException:
         _restore(work, space, before)
         work.train(was_training)
@@ -334,7 +360,7 @@ def unlearn(model, tokenizer, forget, retain=None, method: str = "fisher_removal
     work.train(was_training)
     report = UnlearningReport(
         method=method, config=asdict(cfg), updated=list(space.names), n_parameters=space.dim,
-        update_norm=float((space.get(work) - before).norm()), seconds=time.perf_counter() - start,
+        update_norm=float((space.get(work) - before).norm()), seconds=time.perf_counter() - start - callback_seconds,
         n_train=data.n_train, k=data.k, diagnostics=diagnostics,
     )
     return work, report
@@ -381,8 +407,9 @@ def next_token_kl(model, reference, ids: torch.Tensor, block_size: int, max_bloc
 
 
 def evaluate_unlearning(model, tokenizer, canaries, val_ids, retain_ids, forget_items, block_size: int,
-                        reference=None, names=None, max_blocks: int = 64) -> dict:
-    """Everything a method reports: exact exposure of each canary in ``names`` (default all),
+                        reference=None, names=None, max_blocks: int = 64, candidates: int | None = None) -> dict:
+    """Everything a method reports: exact exposure of each canary in ``names`` (default all; among
+    ``candidates`` sampled secrets if given, see :func:`~tutorial_lib.exposure.compute_exposure`),
     validation and retain perplexity, loss on the forget items, and KL of next-token predictions
     from ``reference`` (the retrained model) on validation text."""
     from .evaluation import compute_loss
@@ -390,7 +417,8 @@ def evaluate_unlearning(model, tokenizer, canaries, val_ids, retain_ids, forget_
     from .per_sample import lm_outputs, sample_losses
 
     model.eval()
-    out = {"exposure": {c.name: compute_exposure(model, tokenizer, c).exposure for c in canaries if names is None or c.name in names}}
+    out = {"exposure": {c.name: compute_exposure(model, tokenizer, c, candidates=candidates).exposure
+                        for c in canaries if names is None or c.name in names}}
     out["val_loss"] = compute_loss(model, val_ids, block_size, max_blocks=max_blocks)
     out["val_perplexity"] = math.exp(out["val_loss"])
     out["retain_perplexity"] = math.exp(compute_loss(model, retain_ids, block_size, max_blocks=max_blocks))
@@ -400,7 +428,7 @@ def evaluate_unlearning(model, tokenizer, canaries, val_ids, retain_ids, forget_
     out["forget_loss"] = float((losses.double() @ data.counts) / data.counts.sum())
     if reference is not None:
         reference.eval()
-        out["kl_to_reference"] = next_token_kl(model, reference, val_ids, block_size)
+        out["kl_to_reference"] = next_token_kl(model, reference, val_ids, block_size, max_blocks=min(max_blocks, 32))
     return out
 
 
@@ -421,3 +449,6 @@ def repeated_unlearning(model, tokenizer, requests, retain, method: str, config,
         n_train -= report.k
         rows.append({"cycle": cycle, "request": name, "seconds": report.seconds, "update_norm": report.update_norm, **evaluate(current)})
     return current, rows
+
+
+import_module(".baselines", __package__)  # registers the first-order methods in METHODS (notebook 06)

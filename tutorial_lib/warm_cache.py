@@ -1,43 +1,62 @@
-"""Train, or find in the train-or-load cache, every model the notebooks load, so that no notebook
-cell has to train one (``scripts/test.sh`` runs this before the notebooks):
+"""Train, or find in the train-or-load cache, every model the notebooks load, and run their cached
+studies, so that no notebook cell has to train a model or run a sweep (``scripts/test.sh`` runs
+this before the notebooks; an instructor runs it before a lecture):
 
     python -m tutorial_lib.warm_cache --profile small
 
 The models: notebook 03's memorisation run, notebook 04's retrained oracle (without the most-inserted
 canary) and notebook 05's repeated-requests run (two canaries per insertion count, 4-digit secrets).
+The studies: notebook 04's Fisher Removal sweep, notebook 05's noise sweep and repeated requests,
+notebook 06's learning-rate × steps sweeps of the four first-order baselines, and notebook 07's
+one-seed benchmark table (the reproduction computes all seeds).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 
-def repeated_requests_config(profile: str | None = None):
-    """Notebook 05's second memorisation run."""
-    from .memorization import MemorizationConfig
-
-    return MemorizationConfig.for_profile(profile, per_insertion=2, secret_length=4, track_exposure=False)
-
-
-def warm(profile: str | None = None, seed: int = 0, device: str | None = None, progress: bool = False) -> list[dict]:
-    """Make sure the notebooks' models are cached; one row per model (label, cached before, seconds)."""
+def warm(profile: str | None = None, seed: int = 0, device: str | None = None, progress: bool = False, studies: bool = True) -> list[dict]:
+    """Make sure the notebooks' models and studies are cached; one row per item (label, cached before, seconds)."""
+    from .benchmark import BenchmarkConfig, benchmark_cell
     from .canaries import make_canaries
     from .memorization import MemorizationConfig, train_memorization_model, train_retrained_model
+    from .studies import (
+        baseline_sweep,
+        forgetting_sweep,
+        reference_points,
+        removal_sweep,
+        repeated_requests_config,
+        repeated_requests_study,
+    )
 
     cfg = MemorizationConfig.for_profile(profile)
     canaries = make_canaries(cfg.insertions, cfg.per_insertion, cfg.n_controls, cfg.space, seed=seed)
     target = max(canaries, key=lambda c: c.insertions).name
-    jobs = [
+    models = [
         ("notebook 03: memorisation run", lambda: train_memorization_model(cfg, seed, device, progress=progress)),
         (f"notebook 04: retrained without {target}", lambda: train_retrained_model(cfg, (target,), seed, device, progress=progress)),
         ("notebook 05: repeated-requests run", lambda: train_memorization_model(repeated_requests_config(profile), seed, device, progress=progress)),
     ]
+    results = [
+        ("notebook 04: original and oracle, exact exposure", lambda: reference_points(cfg, seed, device, progress=progress)),
+        ("notebook 04: Fisher Removal sweep", lambda: removal_sweep(cfg, seed, device, progress=progress)),
+        ("notebook 05: noise sweep", lambda: forgetting_sweep(cfg, seed, device, progress=progress)),
+        ("notebook 05: repeated requests", lambda: repeated_requests_study(profile, seed, device, progress=progress)),
+    ] + [(f"notebook 06: {m} sweep", lambda m=m: baseline_sweep(cfg, m, seed, device, progress=progress))
+         for m in ("gradient_ascent", "gradient_difference", "npo", "fine_tune")]
+    bench = dataclasses.replace(BenchmarkConfig.for_profile(profile), seeds=(seed,))  # notebook 07's reduced table
+    results += [(f"notebook 07: benchmark, {corpus}, seed {seed}", lambda corpus=corpus: benchmark_cell(bench, corpus, seed, device))
+                for corpus in bench.corpora]
+    jobs = models + results if studies else models
     rows = []
-    for label, job in jobs:
+    for i, (label, job) in enumerate(jobs):  # models first: the studies load them
         start = time.perf_counter()
         cached = job()[-1]
-        rows.append({"model": label, "cached": cached, "seconds": time.perf_counter() - start})
-        print(f"  {label}: {'in the cache' if cached else 'trained'} ({rows[-1]['seconds']:.0f} s)", flush=True)
+        rows.append({"item": label, "cached": cached, "seconds": time.perf_counter() - start})
+        done = "trained" if i < len(models) else "computed"
+        print(f"  {label}: {'in the cache' if cached else done} ({rows[-1]['seconds']:.0f} s)", flush=True)
     return rows
 
 
@@ -48,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help="tiny | small | full (default: $TUTORIAL_PROFILE, else auto)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--models-only", action="store_true", help="train the models, skip the sweeps and repeated requests")
     args = parser.parse_args(argv)
     profile = resolve_profile(args.profile)
     print(f"warming the model cache for profile {profile!r}, seed {args.seed}")
-    warm(profile, args.seed, args.device)
+    warm(profile, args.seed, args.device, studies=not args.models_only)
     return 0
 
 
