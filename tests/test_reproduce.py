@@ -23,6 +23,9 @@ def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch, tiny_cache
     data = json.loads((out / "benchmark.json").read_text())
     assert len(data["cells"]) == 2 and set(data["summary"]) == {"shakespeare", "bible"} and "torch" in data["versions"]
     assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = {name: (out / name).read_bytes() for name in ("benchmark.json", "unlearning_methods.json")}
+    assert main(["--profile", "tiny", "--out", str(out), "--device", "cpu"]) == 0  # again, same seed: the same numbers
+    assert {name: (out / name).read_bytes() for name in first} == first
     png = (out / "memorization_exposure.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -39,23 +39,31 @@ def write_memorization(result, out: Path) -> list[Path]:
     return [md, js, png]
 
 
-def unlearning_experiment(cfg, seed: int = 0, device=None, methods: tuple[str, ...] | None = None) -> dict:
+def unlearning_experiment(cfg, seed: int = 0, device=None, methods: tuple[str, ...] | None = None, use_cache: bool = True) -> dict:
     """Notebooks 04–06 on one request: forget the most-inserted canary with every method at its
     profile default (Fisher Removal, Fisher Forgetting and the first-order baselines) and compare
     each with the retrained oracle on the watched canaries (exact exposure of the forgotten one, the
-    other inserted ones and a control), perplexity, KL and wall time."""
-    from .studies import reference_points, unlearning_setup
+    other inserted ones and a control), perplexity, KL and wall time. Cached like the studies."""
+    from .cache import cached_result
     from .unlearning import METHODS
 
-    setup = unlearning_setup(cfg, seed, device, progress=False)
-    references, _ = reference_points(cfg, seed, device, progress=False)
-    rows, reports = {"original": references["original"], "retrained oracle": references["oracle"]}, {}
-    for method in methods or tuple(METHODS):
-        unlearned, report = setup.unlearn(method, METHODS[method].config.for_profile(cfg.profile))
-        rows[method] = setup.evaluate(unlearned)
-        reports[method] = report.to_dict()
-    return {"target": setup.target.name, "canaries": [c.to_dict() for c in setup.canaries if c.name in setup.watch], "reports": reports,
-            "retrain_seconds": setup.retrain_seconds, "results": rows}
+    methods = tuple(methods or METHODS)
+
+    def compute():
+        from .studies import reference_points, unlearning_setup
+
+        setup = unlearning_setup(cfg, seed, device, progress=False)
+        references, _ = reference_points(cfg, seed, device, progress=False)
+        rows, reports = {"original": references["original"], "retrained oracle": references["oracle"]}, {}
+        for method in methods:
+            unlearned, report = setup.unlearn(method, METHODS[method].config.for_profile(cfg.profile))
+            rows[method] = setup.evaluate(unlearned)
+            reports[method] = report.to_dict()
+        return {"target": setup.target.name, "canaries": [c.to_dict() for c in setup.canaries if c.name in setup.watch],
+                "reports": reports, "retrain_seconds": setup.retrain_seconds, "results": rows}
+
+    key = {"run": cfg.to_dict(), "seed": seed, "methods": list(methods)}
+    return cached_result("unlearning_methods", key, compute, use_cache=use_cache, modules=("reproduce.py",))[0]
 
 
 def write_unlearning(data: dict, out: Path) -> list[Path]:
@@ -102,7 +110,9 @@ def write_benchmark(result: dict, out: Path) -> list[Path]:
     md = out / "benchmark.md"
     md.write_text(benchmark_markdown(result))
     js = out / "benchmark.json"
-    js.write_text(json.dumps({"versions": library_versions(), **result}, indent=1, default=str))
+    # every number but the run's own wall time (cells are cached: a second run reads the same numbers)
+    numbers = {k: v for k, v in result.items() if k != "seconds"}
+    js.write_text(json.dumps({"versions": library_versions(), **numbers}, indent=1, default=str))
     use_style()
     axes = plot_benchmark(result)
     axes[0].figure.tight_layout()
