@@ -154,6 +154,11 @@ METRICS = ("forgotten_exposure", "other_inserted_exposure", "control_exposure", 
            "fraction_of_retraining")
 
 
+def _mean_std(values: list[float]) -> dict:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
 def summarise(cells: list[dict]) -> dict:
     """Per corpus and model: mean and (sample) std over seeds of every metric, the distance to the
     retrained model (|Δ exposure| of the forgotten canary, perplexity ratio), and, with a gradient
@@ -168,11 +173,11 @@ def summarise(cells: list[dict]) -> dict:
             for metric in METRICS:
                 values = [c["rows"][model][metric] for c in mine if metric in c["rows"][model]]
                 if values:
-                    stats[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+                    stats[metric] = _mean_std(values)
             gaps = [abs(c["rows"][model]["forgotten_exposure"] - c["rows"]["retrained"]["forgotten_exposure"]) for c in mine]
             ratios = [c["rows"][model]["val_perplexity"] / c["rows"]["retrained"]["val_perplexity"] for c in mine]
-            stats["exposure_gap_to_retrained"] = {"mean": float(np.mean(gaps)), "std": float(np.std(gaps, ddof=1)) if len(gaps) > 1 else 0.0}
-            stats["perplexity_ratio_to_retrained"] = {"mean": float(np.mean(ratios)), "std": float(np.std(ratios, ddof=1)) if len(ratios) > 1 else 0.0}
+            stats["exposure_gap_to_retrained"] = _mean_std(gaps)
+            stats["perplexity_ratio_to_retrained"] = _mean_std(ratios)
             table[model] = stats
         out[corpus] = {"seeds": [c["seed"] for c in mine], "models": table, "c2": _c2(mine)}
     return out
