@@ -88,7 +88,7 @@ def main(argv=None) -> None:
         print(f"{r['method']:28s} {r['seconds']:8.1f} {r['fraction_of_retraining']:13.3f} {1 / r['fraction_of_retraining']:8.1f}x")
     best = min(rows, key=lambda r: r["seconds"])
     default = rows[0]
-    print(f"\nPASS" if default["fraction_of_retraining"] <= 0.1 else "\nFAIL", f"default Fisher Removal <= 1/10 of retraining "
+    print("\nPASS" if default["fraction_of_retraining"] <= 0.1 else "\nFAIL", f"default Fisher Removal <= 1/10 of retraining "
           f"({default['fraction_of_retraining']:.3f}); fastest: {best['method']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"profile": args.profile, "seed": args.seed, "threads": torch.get_num_threads(),

@@ -23,7 +23,15 @@ def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch, tiny_cache
     data = json.loads((out / "benchmark.json").read_text())
     assert len(data["cells"]) == 2 and set(data["summary"]) == {"shakespeare", "bible"} and "torch" in data["versions"]
     assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    first = {name: (out / name).read_bytes() for name in ("benchmark.json", "unlearning_methods.json")}
+    dp = (out / "dp_sgd.md").read_text()
+    assert "shakespeare (tiny-scale model)" in dp and "| non-private | ∞ |" in dp and "| eps = 1 |" in dp
+    data = json.loads((out / "dp_sgd.json").read_text())
+    rows = data["curves"]["shakespeare"]["rows"]
+    assert [r["target_epsilon"] for r in rows] == [None, 8.0, 3.0, 1.0] and data["own_scale"] is None
+    assert all(r["epsilon"] <= r["target_epsilon"] for r in rows[1:])
+    assert set(data["unlearning"]["shakespeare"]["rows"]) >= {"original", "retrained", "fisher_removal"}
+    assert (out / "dp_sgd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = {name: (out / name).read_bytes() for name in ("benchmark.json", "unlearning_methods.json", "dp_sgd.json")}
     assert main(["--profile", "tiny", "--out", str(out), "--device", "cpu"]) == 0  # again, same seed: the same numbers
     assert {name: (out / name).read_bytes() for name in first} == first
     png = (out / "memorization_exposure.png").read_bytes()

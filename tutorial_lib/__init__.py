@@ -17,6 +17,18 @@ from .curvature import (
     true_fisher,
 )
 from .data import CORPORA, CorpusSplits, DataError, corpus_path, load_corpus, verify_data
+from .dp import (
+    DPComparisonConfig,
+    DPConfig,
+    dp_comparison,
+    dp_markdown,
+    dp_study,
+    epsilon_spent,
+    noise_multiplier_for,
+    plot_dp_vs_unlearning,
+    train_dp_language_model,
+    train_dp_model,
+)
 from .evaluation import compute_loss, compute_perplexity, compute_text_perplexity, tokenize_lines
 from .exposure import (
     CandidateTrie,

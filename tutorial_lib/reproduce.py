@@ -122,6 +122,43 @@ def write_benchmark(result: dict, out: Path) -> list[Path]:
     return [md, js, png]
 
 
+def write_dp(comparison: dict, out: Path) -> list[Path]:
+    """Write notebook 08's DP-SGD tables (markdown + JSON) and the DP-vs-unlearning figure (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .dp import dp_markdown, plot_dp_vs_unlearning
+    from .notebook import library_versions
+    from .plotting import use_style
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = comparison["config"]
+    parts = ["# DP-SGD on the same canaries (notebook 08)", "",
+             f"Target ε in {list(cfg['epsilons'])} at δ = 1/n (n training windows), clipping bound {cfg['max_grad_norm']:g}, "
+             f"RDP accountant; seed {comparison['seed']}. Exact exposure in bits; validation perplexity on 64 blocks.", ""]
+    panels = [(f"{corpus} ({cfg['run_profile']}-scale model)", study, comparison["unlearning"][corpus])
+              for corpus, study in comparison["curves"].items()]
+    if comparison["own_scale"]:
+        panels.append((f"{comparison['own_scale']['corpus']} ({cfg['profile']}-scale model)", comparison["own_scale"],
+                       comparison["own_scale_unlearning"]))
+    parts += [dp_markdown(study, title) for title, study, _ in panels]
+    md = out / "dp_sgd.md"
+    md.write_text("\n".join(parts))
+    js = out / "dp_sgd.json"
+    js.write_text(json.dumps({"versions": library_versions(), **comparison}, indent=1, default=str))
+    use_style()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (title, study, unlearning) in zip(axes[0], panels):
+        plot_dp_vs_unlearning(study, unlearning, ax).set_title(title, fontsize="small")
+    fig.tight_layout()
+    png = out / "dp_sgd.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return [md, js, png]
+
+
 def main(argv: list[str] | None = None) -> int:
     from .memorization import MemorizationConfig, run_memorization
     from .profiles import resolve_profile
@@ -148,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     bench_cfg = BenchmarkConfig.for_profile(profile)
     print(f"four-corpus benchmark: {len(bench_cfg.corpora)} corpora x seeds {list(bench_cfg.seeds)}, {bench_cfg.run_profile}-scale models")
     for path in write_benchmark(run_benchmark(bench_cfg, device=args.device), out):
+        print(f"  wrote {path}")
+    from .dp import DPComparisonConfig, dp_comparison
+
+    dp_cfg = DPComparisonConfig.for_profile(profile)
+    print(f"DP-SGD: target epsilon {list(dp_cfg.epsilons)} on {len(dp_cfg.corpora)} corpora ({dp_cfg.run_profile}-scale models)"
+          + (f" and on shakespeare at the {profile} scale" if dp_cfg.own_scale else ""))
+    for path in write_dp(dp_comparison(dp_cfg, seed=args.seed, device=args.device), out):
         print(f"  wrote {path}")
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

@@ -7,8 +7,9 @@ this before the notebooks; an instructor runs it before a lecture):
 The models: notebook 03's memorisation run, notebook 04's retrained oracle (without the most-inserted
 canary) and notebook 05's repeated-requests run (two canaries per insertion count, 4-digit secrets).
 The studies: notebook 04's Fisher Removal sweep, notebook 05's noise sweep and repeated requests,
-notebook 06's learning-rate × steps sweeps of the four first-order baselines, and notebook 07's
-one-seed benchmark table (the reproduction computes all seeds).
+notebook 06's learning-rate × steps sweeps of the four first-order baselines, notebook 07's
+one-seed benchmark table (the reproduction computes all seeds) and notebook 08's DP-SGD runs on the
+benchmark's models (the reproduction adds the profile's own model).
 """
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def warm(profile: str | None = None, seed: int = 0, device: str | None = None, p
     bench = dataclasses.replace(BenchmarkConfig.for_profile(profile), seeds=(seed,))  # notebook 07's reduced table
     results += [(f"notebook 07: benchmark, {corpus}, seed {seed}", lambda corpus=corpus: benchmark_cell(bench, corpus, seed, device))
                 for corpus in bench.corpora]
+    from .dp import DPComparisonConfig, dp_study
+
+    dp = DPComparisonConfig.for_profile(profile)
+    results += [(f"notebook 08: DP-SGD at epsilon {list(dp.epsilons)}, {corpus}",
+                 lambda corpus=corpus: dp_study(dp.run_config(corpus), dp.epsilons, seed, device, dp.max_grad_norm, progress=progress))
+                for corpus in dp.corpora]
     jobs = models + results if studies else models
     rows = []
     for i, (label, job) in enumerate(jobs):  # models first: the studies load them
