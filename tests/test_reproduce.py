@@ -31,7 +31,16 @@ def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch, tiny_cache
     assert all(r["epsilon"] <= r["target_epsilon"] for r in rows[1:])
     assert set(data["unlearning"]["shakespeare"]["rows"]) >= {"original", "retrained", "fisher_removal"}
     assert (out / "dp_sgd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    first = {name: (out / name).read_bytes() for name in ("benchmark.json", "unlearning_methods.json", "dp_sgd.json")}
+    cases = (out / "case_studies.md").read_text()
+    assert "### Personal data" in cases and "### Verbatim text" in cases and "| retrained |" in cases
+    data = json.loads((out / "case_studies.json").read_text())
+    assert {"original", "retrained", "fisher_removal", "fisher_removal (secrets only)"} <= set(data["pii"])
+    phone, pii = data["canaries"][0]["name"], data["pii"]  # the scenario's premise: the subject is memorised, and retraining removes it
+    assert pii["original"]["exposure"][phone] >= 0.5 * 4 * 3.3219 and max(a["auc"] for a in pii["original"]["mia_subject"].values()) >= 0.75
+    assert pii["retrained"]["exposure"][phone] <= pii["original"]["exposure"][phone] - 3
+    assert (out / "case_studies.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = {name: (out / name).read_bytes() for name in ("memorization_exposure.json", "benchmark.json", "unlearning_methods.json",
+                                                          "dp_sgd.json", "case_studies.json")}
     assert main(["--profile", "tiny", "--out", str(out), "--device", "cpu"]) == 0  # again, same seed: the same numbers
     assert {name: (out / name).read_bytes() for name in first} == first
     png = (out / "memorization_exposure.png").read_bytes()

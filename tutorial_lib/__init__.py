@@ -56,6 +56,16 @@ from .fisher import (
     structure_costs,
 )
 from .memorization import MemorizationConfig, MemorizationResult, run_memorization, train_memorization_model, train_retrained_model
+from .mia import (
+    attack_scores,
+    generate_continuations,
+    longest_common_prefix,
+    membership_inference,
+    roc_auc,
+    roc_curve,
+    rouge_l,
+    tpr_at_fpr,
+)
 from .models import ModelConfig, count_parameters, load_pretrained, make_model
 from .newton import (
     ConvexProblem,
@@ -99,6 +109,15 @@ from .plotting import (
     use_style,
 )
 from .profiles import PROFILES, resolve_device, resolve_profile
+from .scenarios import (
+    CaseStudyConfig,
+    build_case_study,
+    case_study_config,
+    case_study_experiment,
+    case_study_markdown,
+    plot_case_study,
+    train_case_study_model,
+)
 from .studies import (
     UnlearningSetup,
     choose_setting,

@@ -22,6 +22,7 @@ import numpy as np
 from .cache import cached_result
 from .data import CORPORA
 from .memorization import MemorizationConfig
+from .profiles import progress_options
 
 BENCHMARK_METHODS = ("fisher_removal", "fisher_forgetting", "gradient_ascent", "gradient_difference", "npo", "fine_tune")
 MODELS = ("original", "retrained") + BENCHMARK_METHODS
@@ -143,7 +144,7 @@ def run_benchmark(cfg: BenchmarkConfig, device=None, use_cache: bool = True, pro
     start = time.perf_counter()
     cells = []
     jobs = [(corpus, seed) for corpus in cfg.corpora for seed in cfg.seeds]
-    with tqdm(jobs, desc="benchmark (corpus x seed)", disable=not progress, unit="cell") as bar:
+    with tqdm(jobs, desc="benchmark (corpus x seed)", **progress_options(progress), unit="cell") as bar:
         for corpus, seed in bar:
             bar.set_postfix_str(f"{corpus}, seed {seed}")
             cells.append(benchmark_cell(cfg, corpus, seed, device, use_cache=use_cache)[0])

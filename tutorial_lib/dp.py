@@ -33,7 +33,7 @@ from .data import corpus_path, sha256_file
 from .evaluation import compute_loss, tokenize_lines
 from .memorization import MemorizationConfig, prepare_memorization, train_memorization_model
 from .models import load_pretrained, make_model
-from .profiles import resolve_device
+from .profiles import progress_options, resolve_device
 from .training import TrainConfig, TrainHistory, lr_at
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
@@ -227,7 +227,7 @@ def train_dp_language_model(model, train_ids: torch.Tensor, val_ids: torch.Tenso
     model.train()
     engine, private, dp_optimizer, dp_loader = make_private(model, optimizer, loader, sigma, dp.max_grad_norm, dp.accountant, seed)
     history, step, empty = TrainHistory(), 0, 0
-    bar = tqdm(total=cfg.steps, desc=f"DP-SGD (sigma {sigma:.2f})", **({} if progress else {"disable": True}))
+    bar = tqdm(total=cfg.steps, desc=f"DP-SGD (sigma {sigma:.2f})", **progress_options(progress))
     try:
         while step < cfg.steps:
             for (windows,) in dp_loader:
@@ -400,7 +400,7 @@ def dp_comparison(cfg: DPComparisonConfig, seed: int = 0, device=None, own_scale
     bench = dataclasses.replace(BenchmarkConfig.for_profile(cfg.profile), corpora=cfg.corpora, seeds=(seed,),
                                 run_profile=cfg.run_profile)
     curves, unlearning = {}, {}
-    for corpus in tqdm(cfg.corpora, desc="DP-SGD (corpus)", **({} if progress else {"disable": True})):
+    for corpus in tqdm(cfg.corpora, desc="DP-SGD (corpus)", **progress_options(progress)):
         curves[corpus] = dp_study(cfg.run_config(corpus), cfg.epsilons, seed, device, cfg.max_grad_norm, progress=False)[0]
         cell = benchmark_cell(bench, corpus, seed, device)[0]
         unlearning[corpus] = {"target": cell["target"], "rows": cell["rows"]}

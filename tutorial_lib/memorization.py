@@ -14,7 +14,7 @@ from .data import CORPORA, load_corpus, sha256_file, corpus_path
 from .evaluation import compute_perplexity, tokenize_lines
 from .exposure import compute_exposure, estimate_exposure
 from .models import ModelConfig, count_parameters, load_pretrained, make_model
-from .profiles import resolve_device, resolve_profile
+from .profiles import progress_options, resolve_device, resolve_profile
 from .tokenization import make_byte_tokenizer
 from .training import TrainConfig, train_language_model
 
@@ -211,7 +211,7 @@ def run_memorization(cfg: MemorizationConfig, seed: int = 0, device: str | None 
     model, tokenizer, canaries, splits, record, cached = train_memorization_model(cfg, seed, device, cache_dir, progress)
     start = time.perf_counter()
     exposures, estimates = [], []
-    for c in tqdm(canaries, desc="exposure", disable=not progress):
+    for c in tqdm(canaries, desc="exposure", **progress_options(progress)):
         exposures.append(compute_exposure(model, tokenizer, c, device=device).to_dict())
         estimates.append(estimate_exposure(model, tokenizer, c, n_samples=cfg.estimate_samples, seed=seed, device=device).to_dict())
     exposure_seconds = time.perf_counter() - start

@@ -36,3 +36,9 @@ def resolve_device(device: str | None = None) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def progress_options(progress: bool) -> dict:
+    """Keyword arguments for a ``tqdm`` bar: ``disable=True`` when ``progress`` is off, and nothing
+    otherwise, so that tqdm's own environment settings (``TQDM_DISABLE=1`` in CI) still apply."""
+    return {} if progress else {"disable": True}

@@ -11,6 +11,16 @@ import time
 from pathlib import Path
 
 
+def _save_figure(fig, path: Path) -> Path:
+    """Lay out, write (PNG, 120 dpi) and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_memorization(result, out: Path) -> list[Path]:
     """Write notebook 03's exposure table (markdown + JSON) and figure (PNG) into ``out``."""
     import matplotlib
@@ -25,18 +35,18 @@ def write_memorization(result, out: Path) -> list[Path]:
     md = out / "memorization_exposure.md"
     md.write_text("# Memorisation and exposure (notebook 03)\n\n" + result.summary() + "\n\n" + result.table_markdown() + "\n")
     js = out / "memorization_exposure.json"
-    js.write_text(json.dumps({"versions": library_versions(), **result.to_dict()}, indent=1))
+    # every number but this run's wall times (they are in the markdown), so that a second run writes the same JSON
+    numbers = {k: v for k, v in result.to_dict().items() if k not in ("exposure_seconds", "from_cache")}
+    for key in ("exposures", "estimates"):
+        numbers[key] = [{k: v for k, v in row.items() if k != "seconds"} for row in numbers[key]]
+    js.write_text(json.dumps({"versions": library_versions(), **numbers}, indent=1))
     use_style()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     plot_exposure_vs_insertions(result, axes[0]).set_title("exposure against insertions")
     if result.trajectory:
         plot_exposure_trajectory(result, axes[1]).set_title("exposure over training")
     plot_exact_vs_estimate(result, axes[2]).set_title("exact vs skew-normal estimate")
-    fig.tight_layout()
-    png = out / "memorization_exposure.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return [md, js, png]
+    return [md, js, _save_figure(fig, out / "memorization_exposure.png")]
 
 
 def unlearning_experiment(cfg, seed: int = 0, device=None, methods: tuple[str, ...] | None = None, use_cache: bool = True) -> dict:
@@ -100,7 +110,6 @@ def write_benchmark(result: dict, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     from .benchmark import benchmark_markdown, plot_benchmark
     from .notebook import library_versions
@@ -114,12 +123,7 @@ def write_benchmark(result: dict, out: Path) -> list[Path]:
     numbers = {k: v for k, v in result.items() if k != "seconds"}
     js.write_text(json.dumps({"versions": library_versions(), **numbers}, indent=1, default=str))
     use_style()
-    axes = plot_benchmark(result)
-    axes[0].figure.tight_layout()
-    png = out / "benchmark.png"
-    axes[0].figure.savefig(png, dpi=120)
-    plt.close(axes[0].figure)
-    return [md, js, png]
+    return [md, js, _save_figure(plot_benchmark(result)[0].figure, out / "benchmark.png")]
 
 
 def write_dp(comparison: dict, out: Path) -> list[Path]:
@@ -152,11 +156,28 @@ def write_dp(comparison: dict, out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for ax, (title, study, unlearning) in zip(axes[0], panels):
         plot_dp_vs_unlearning(study, unlearning, ax).set_title(title, fontsize="small")
-    fig.tight_layout()
-    png = out / "dp_sgd.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return [md, js, png]
+    return [md, js, _save_figure(fig, out / "dp_sgd.png")]
+
+
+def write_case_studies(result: dict, cfg: dict, out: Path) -> list[Path]:
+    """Write notebook 09's two scenarios (markdown tables, JSON of every number, PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    from .notebook import library_versions
+    from .plotting import use_style
+    from .scenarios import case_study_markdown, plot_case_study
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "case_studies.md"
+    md.write_text(f"# Real-world case studies (notebook 09)\n\n{cfg['profile']}-scale model on {cfg['corpus']}, "
+                  f"{cfg['secret_length']}-digit secrets; every method at its {cfg['profile']} default against the model "
+                  f"retrained without the requests' data.\n\n" + case_study_markdown(result))
+    js = out / "case_studies.json"
+    js.write_text(json.dumps({"versions": library_versions(), "config": cfg, **result}, indent=1, default=str))
+    use_style()
+    return [md, js, _save_figure(plot_case_study(result)[0].figure, out / "case_studies.png")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DP-SGD: target epsilon {list(dp_cfg.epsilons)} on {len(dp_cfg.corpora)} corpora ({dp_cfg.run_profile}-scale models)"
           + (f" and on shakespeare at the {profile} scale" if dp_cfg.own_scale else ""))
     for path in write_dp(dp_comparison(dp_cfg, seed=args.seed, device=args.device), out):
+        print(f"  wrote {path}")
+    from .scenarios import case_study_config, case_study_experiment
+
+    cs_cfg = case_study_config(profile)
+    print(f"case studies (personal data, verbatim text): {cs_cfg.profile}-scale model")
+    result = case_study_experiment(cs_cfg, seed=args.seed, device=args.device)[0]
+    for path in write_case_studies(result, cs_cfg.to_dict(), out):
         print(f"  wrote {path}")
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

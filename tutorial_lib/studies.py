@@ -19,6 +19,7 @@ from .cache import cached_result
 from .evaluation import compute_loss, tokenize_lines
 from .exposure import compute_exposure
 from .memorization import MemorizationConfig, prepare_memorization, train_memorization_model, train_retrained_model
+from .profiles import progress_options
 from .unlearning import (
     FisherForgettingConfig,
     FisherRemovalConfig,
@@ -121,7 +122,7 @@ def sweep_unlearning(setup: UnlearningSetup, method: str, base, grid: dict[str, 
             raise ValueError(f"{type(base).__name__} has no field {name!r} to sweep")
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     rows = []
-    for params in tqdm(points, desc=f"{method} sweep", disable=not progress):
+    for params in tqdm(points, desc=f"{method} sweep", **progress_options(progress)):
         try:
             unlearned, report = setup.unlearn(method, dataclasses.replace(base, **params))
         except UnlearningError as err:
@@ -144,7 +145,7 @@ def trace_sweep(setup: UnlearningSetup, method: str, base, lrs: list[float], che
     if not lrs or not checkpoints or min(checkpoints) < 1:
         raise ValueError(f"need learning rates and positive step checkpoints, got lrs={lrs}, checkpoints={checkpoints}")
     stops, rows = sorted(set(checkpoints)), []
-    for lr in tqdm(lrs, desc=f"{method} lr x steps", disable=not progress):
+    for lr in tqdm(lrs, desc=f"{method} lr x steps", **progress_options(progress)):
         clock = {"start": time.perf_counter(), "evaluating": 0.0}
 
         def record(step, model, lr=lr, clock=clock):

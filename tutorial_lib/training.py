@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .evaluation import compute_loss
+from .profiles import progress_options
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def train_language_model(
     history = TrainHistory()
     offsets = torch.arange(cfg.block_size + 1)
     model.train()
-    bar = tqdm(range(cfg.steps), desc="training", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc="training", **progress_options(progress))
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)

@@ -32,6 +32,7 @@ import torch
 
 from .fisher import KFACFisher, make_fisher
 from .per_sample import ParameterSpace, gradient_matrix, per_sample_gradients, select_parameters
+from .profiles import progress_options
 
 
 class UnlearningError(RuntimeError):
@@ -444,7 +445,7 @@ def repeated_unlearning(model, tokenizer, requests, retain, method: str, config,
         raise ValueError("no deletion requests")
     rows = [{"cycle": 0, "request": None, "seconds": 0.0, **evaluate(model)}]
     current = model
-    for cycle, (name, items) in enumerate(tqdm(requests, desc=f"{method} cycles", disable=not progress), start=1):
+    for cycle, (name, items) in enumerate(tqdm(requests, desc=f"{method} cycles", **progress_options(progress)), start=1):
         current, report = unlearn(current, tokenizer, items, retain, method, config, n_train=n_train, seed=seed + 1000 * cycle)
         n_train -= report.k
         rows.append({"cycle": cycle, "request": name, "seconds": report.seconds, "update_norm": report.update_norm, **evaluate(current)})

@@ -9,7 +9,7 @@ canary) and notebook 05's repeated-requests run (two canaries per insertion coun
 The studies: notebook 04's Fisher Removal sweep, notebook 05's noise sweep and repeated requests,
 notebook 06's learning-rate × steps sweeps of the four first-order baselines, notebook 07's
 one-seed benchmark table (the reproduction computes all seeds) and notebook 08's DP-SGD runs on the
-benchmark's models (the reproduction adds the profile's own model).
+benchmark's models (the reproduction adds the profile's own model) and notebook 09's case studies.
 """
 from __future__ import annotations
 
@@ -56,6 +56,9 @@ def warm(profile: str | None = None, seed: int = 0, device: str | None = None, p
     results += [(f"notebook 08: DP-SGD at epsilon {list(dp.epsilons)}, {corpus}",
                  lambda corpus=corpus: dp_study(dp.run_config(corpus), dp.epsilons, seed, device, dp.max_grad_norm, progress=progress))
                 for corpus in dp.corpora]
+    from .scenarios import case_study_config, case_study_experiment
+
+    results.append(("notebook 09: case studies", lambda: case_study_experiment(case_study_config(profile), seed, device, progress=progress)))
     jobs = models + results if studies else models
     rows = []
     for i, (label, job) in enumerate(jobs):  # models first: the studies load them
