@@ -129,8 +129,8 @@ class CaseStudyConfig:
     subject_records: int = 20
     subject_repeats: int = 5
     passage_corpus: str = "bible"
-    passage_chars: int = 1200
-    passage_repeats: int = 20
+    passage_chars: int = 400
+    passage_repeats: int = 100
     extract_prefix: int = 48
     extract_length: int = 64
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -151,7 +151,7 @@ class CaseStudyConfig:
     def for_profile(cls, profile: str | None = None, **overrides) -> "CaseStudyConfig":
         profile = resolve_profile(profile)
         base = {"tiny": dict(max_chars=60_000, secret_length=4, n_members=30, n_outsiders=40, subject_records=10,
-                             subject_repeats=10, passage_chars=300, passage_repeats=30, extract_prefix=24, extract_length=32),
+                             subject_repeats=10, passage_chars=300, passage_repeats=100, extract_prefix=24, extract_length=32),
                 "small": dict(), "full": dict()}[profile]
         train = TrainConfig.for_profile(profile)
         if profile == "tiny":  # three times the canary runs' steps: the records and the passage must be learned first
