@@ -23,6 +23,7 @@ from .dp import (
     dp_comparison,
     dp_markdown,
     dp_study,
+    dp_study_cached,
     epsilon_spent,
     noise_multiplier_for,
     plot_dp_vs_unlearning,

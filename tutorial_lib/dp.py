@@ -327,8 +327,21 @@ def dp_study(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS, se
                          "train_seconds": record["train_seconds"], **evaluate(model, tokenizer, canaries, splits)})
         return {"corpus": cfg.corpus, "canaries": [c.to_dict() for c in canaries], "rows": rows}
 
-    key = {"run": cfg.to_dict(), "seed": seed, "epsilons": list(epsilons), "max_grad_norm": max_grad_norm, "candidates": candidates}
-    return cached_result("dp_study", key, compute, use_cache=use_cache, modules=("dp.py",))
+    return cached_result("dp_study", _study_key(cfg, epsilons, seed, max_grad_norm, candidates), compute, use_cache=use_cache,
+                         modules=("dp.py",))
+
+
+def _study_key(cfg: MemorizationConfig, epsilons, seed: int, max_grad_norm: float, candidates: int | None) -> dict:
+    return {"run": cfg.to_dict(), "seed": seed, "epsilons": sorted({float(e) for e in epsilons}, reverse=True),
+            "max_grad_norm": max_grad_norm, "candidates": candidates}
+
+
+def dp_study_cached(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS, seed: int = 0, max_grad_norm: float = 1.0,
+                    candidates: int | None = None) -> bool:
+    """Whether :func:`dp_study` with these arguments is already in the result cache."""
+    from .cache import result_path
+
+    return result_path("dp_study", _study_key(cfg, epsilons, seed, max_grad_norm, candidates), modules=("dp.py",)).is_file()
 
 
 def dp_for_profile(profile: str) -> dict:

@@ -141,10 +141,14 @@ def membership_inference(model, tokenizer, members: list[str], nonmembers: list[
                          attacks: tuple[str, ...] = ATTACKS, fpr: float = 0.01, k: float = 0.2) -> dict[str, dict]:
     """Every attack on ``members`` (e.g. forgotten records) against ``nonmembers`` (never-seen texts
     of the same template): ``{attack: {"auc", "tpr_at_fpr", "fpr"}}``."""
-    scores_m = attack_scores(model, tokenizer, members, attacks, reference, k)
-    scores_n = attack_scores(model, tokenizer, nonmembers, attacks, reference, k)
-    return {a: {"auc": roc_auc(scores_m[a], scores_n[a]), "tpr_at_fpr": tpr_at_fpr(scores_m[a], scores_n[a], fpr), "fpr": fpr}
-            for a in scores_m}
+    return summarise_attacks(attack_scores(model, tokenizer, members, attacks, reference, k),
+                             attack_scores(model, tokenizer, nonmembers, attacks, reference, k), fpr)
+
+
+def summarise_attacks(member_scores: dict, nonmember_scores: dict, fpr: float = 0.01) -> dict[str, dict]:
+    """``{attack: {"auc", "tpr_at_fpr", "fpr"}}`` from :func:`attack_scores` of members and non-members."""
+    return {a: {"auc": roc_auc(m, nonmember_scores[a]), "tpr_at_fpr": tpr_at_fpr(m, nonmember_scores[a], fpr), "fpr": fpr}
+            for a, m in member_scores.items()}
 
 
 # ----------------------------------------------------------------------------------- extraction

@@ -17,7 +17,6 @@ and domains are fictional (``.example`` is a reserved top-level domain).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -26,7 +25,7 @@ import numpy as np
 from .cache import cache_root, cached_result, config_key, load_run, save_run
 from .canaries import SLOT, Canary, RandomnessSpace
 from .data import CORPORA, corpus_path, load_corpus, sha256_file
-from .evaluation import compute_loss, tokenize_lines
+from .evaluation import compute_perplexity, tokenize_lines
 from .models import ModelConfig, make_model
 from .profiles import resolve_device, resolve_profile
 from .tokenization import make_byte_tokenizer
@@ -332,12 +331,13 @@ def evaluate_pii(model, tokenizer, study: CaseStudy, reference=None, candidates:
     reference attack with ``reference``) and of the members' records as a baseline, validation
     perplexity."""
     from .exposure import compute_exposure
-    from .mia import membership_inference
+    from .mia import attack_scores, summarise_attacks
 
     out = {"exposure": {c.name: compute_exposure(model, tokenizer, c, candidates=candidates).exposure for c in study.canaries}}
     out["extraction"] = extract_pii(model, tokenizer, study, seed=seed)
-    out["mia_subject"] = membership_inference(model, tokenizer, study.subject_lines, study.outsider_lines, reference=reference)
-    out["mia_members"] = membership_inference(model, tokenizer, study.member_lines, study.outsider_lines, reference=reference)
+    outsiders = attack_scores(model, tokenizer, study.outsider_lines, reference=reference)  # the non-members of both comparisons
+    out["mia_subject"] = summarise_attacks(attack_scores(model, tokenizer, study.subject_lines, reference=reference), outsiders)
+    out["mia_members"] = summarise_attacks(attack_scores(model, tokenizer, study.member_lines, reference=reference), outsiders)
     out["val_perplexity"] = _val_perplexity(model, tokenizer, study)
     return out
 
@@ -347,12 +347,12 @@ def evaluate_passage(model, tokenizer, study: CaseStudy) -> dict:
     perplexity, validation perplexity."""
     passage_ids = tokenize_lines(tokenizer, ["", study.passage])
     return {"extraction": extract_passage(model, tokenizer, study),
-            "passage_perplexity": math.exp(compute_loss(model, passage_ids, min(study.cfg.train.block_size, len(passage_ids) - 1))),
+            "passage_perplexity": compute_perplexity(model, passage_ids, min(study.cfg.train.block_size, len(passage_ids) - 1)),
             "val_perplexity": _val_perplexity(model, tokenizer, study)}
 
 
 def _val_perplexity(model, tokenizer, study: CaseStudy) -> float:
-    return math.exp(compute_loss(model, tokenize_lines(tokenizer, study.splits.validation), study.cfg.train.block_size, max_blocks=64))
+    return compute_perplexity(model, tokenize_lines(tokenizer, study.splits.validation), study.cfg.train.block_size, max_blocks=64)
 
 
 # ----------------------------------------------------------------------------------- the experiment
@@ -362,7 +362,7 @@ CASE_STUDY_METHODS = ("fisher_removal", "fisher_forgetting", "gradient_ascent", 
 def case_study_config(profile: str | None = None) -> CaseStudyConfig:
     """The case study that notebook 09 and the reproduction run at ``profile``. Like the benchmark
     and the DP runs, the CPU profile (``small``) uses the ``tiny`` model scale for this multi-model
-    experiment (two trainings and fourteen unlearning runs); ``full`` uses the ``small`` scale."""
+    experiment (two trainings and thirteen unlearning runs); ``full`` uses the ``small`` scale."""
     profile = resolve_profile(profile)
     return CaseStudyConfig.for_profile({"tiny": "tiny", "small": "tiny", "full": "small"}[profile])
 
