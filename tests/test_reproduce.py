@@ -39,8 +39,15 @@ def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch, tiny_cache
     assert pii["original"]["exposure"][phone] >= 0.5 * 4 * 3.3219 and max(a["auc"] for a in pii["original"]["mia_subject"].values()) >= 0.75
     assert pii["retrained"]["exposure"][phone] <= pii["original"]["exposure"][phone] - 3
     assert (out / "case_studies.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    robust = (out / "robustness.md").read_text()
+    assert "## Relearning attack" in robust and "| retrained |" in robust and "## Recommendations" in robust
+    data = json.loads((out / "robustness.json").read_text())
+    assert set(data["relearning"]["rows"]) == {"original", "retrained", "fisher_removal", "gradient_ascent"}
+    assert len(data["sequential"]["requests"]) == 3 and [r["method"] for r in data["recommendations"]] == ["fisher_removal", "gradient_ascent"]
+    assert '"seconds"' not in (out / "robustness.json").read_text()
+    assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first = {name: (out / name).read_bytes() for name in ("memorization_exposure.json", "benchmark.json", "unlearning_methods.json",
-                                                          "dp_sgd.json", "case_studies.json")}
+                                                          "dp_sgd.json", "case_studies.json", "robustness.json")}
     assert main(["--profile", "tiny", "--out", str(out), "--device", "cpu"]) == 0  # again, same seed: the same numbers
     assert {name: (out / name).read_bytes() for name in first} == first
     png = (out / "memorization_exposure.png").read_bytes()

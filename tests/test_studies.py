@@ -67,18 +67,3 @@ def test_removal_sweep_at_tiny(tiny_cache, monkeypatch):
         studies.sweep_unlearning(setup, "fisher_removal", studies.FisherRemovalConfig(), {"lr": [1.0]})
     with pytest.raises(ValueError, match="unknown canary 'zed'"):
         studies.unlearning_setup(cfg, 0, "cpu", target="zed", progress=False)
-
-
-def test_repeated_requests_study_at_tiny(tmp_path, monkeypatch):
-    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tmp_path))
-    result, cached = studies.repeated_requests_study("tiny", 0, "cpu", n_requests=2, progress=False)
-    assert not cached and len(result["requests"]) == 2
-    for method, rows in result["cycles"].items():
-        assert [r["cycle"] for r in rows] == [0, 1, 2] and rows[1]["request"] == result["requests"][0]
-        first = result["requests"][0]
-        assert rows[-1]["exposure"][first] < rows[0]["exposure"][first] - 2, method
-    assert result["cycles"]["fisher_removal"][0] == result["cycles"]["fisher_forgetting"][0]
-    final = studies.final_state(result)
-    assert set(final) == {"fisher_removal", "fisher_forgetting"} and all(v["val_perplexity"] > 0 for v in final.values())
-    with pytest.raises(ValueError, match="99 requests asked for"):
-        studies.repeated_requests_study("tiny", 0, "cpu", n_requests=99, progress=False)

@@ -30,6 +30,19 @@ from .dp import (
     train_dp_language_model,
     train_dp_model,
 )
+from .distributed import (
+    DistributedFisher,
+    distributed_forget_gradient,
+    distributed_gradient_matrix,
+    distributed_newton_step,
+    gather_rows,
+    init_distributed,
+    run_distributed,
+    shard,
+    shard_batch,
+    shutdown_distributed,
+    world_info,
+)
 from .evaluation import compute_loss, compute_perplexity, compute_text_perplexity, tokenize_lines
 from .exposure import (
     CandidateTrie,
@@ -55,6 +68,15 @@ from .fisher import (
     estimate_memory,
     make_fisher,
     structure_costs,
+)
+from .full_profile import (
+    FullProfileError,
+    FullProfilePlan,
+    check_full_profile,
+    choose_fisher_subset,
+    estimate_fisher_memory,
+    resolve_full_profile,
+    save_random_model,
 )
 from .memorization import MemorizationConfig, MemorizationResult, run_memorization, train_memorization_model, train_retrained_model
 from .mia import (
@@ -110,6 +132,25 @@ from .plotting import (
     use_style,
 )
 from .profiles import PROFILES, resolve_device, resolve_profile
+from .robustness import (
+    RelearningConfig,
+    RobustnessConfig,
+    factors_for,
+    plot_relearning,
+    plot_sensitivity,
+    plot_sequential,
+    recommendations,
+    recommendations_markdown,
+    relearning_attack,
+    relearning_markdown,
+    relearning_study,
+    relearning_texts,
+    seed_variation,
+    sensitivity_study,
+    sequential_markdown,
+    sequential_study,
+    sequential_summary,
+)
 from .scenarios import (
     CaseStudyConfig,
     build_case_study,
@@ -125,7 +166,6 @@ from .studies import (
     forgetting_sweep,
     reference_points,
     removal_sweep,
-    repeated_requests_study,
     sweep_unlearning,
     unlearning_setup,
 )

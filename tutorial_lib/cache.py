@@ -69,7 +69,8 @@ def load_run(folder: str | os.PathLike, expected_config: dict | None = None, dev
 
 # modules whose code cannot change a cached study's numbers: presentation, and computations no study runs
 NOT_FINGERPRINTED = ("__init__.py", "notebook.py", "plotting.py", "reproduce.py", "warm_cache.py", "newton.py", "curvature.py",
-                     "benchmark.py", "dp.py", "mia.py", "scenarios.py")
+                     "benchmark.py", "dp.py", "mia.py", "scenarios.py", "robustness.py", "distributed.py", "full_profile.py",
+                     "course.py")
 
 
 def code_fingerprint(extra: tuple[str, ...] = ()) -> str:

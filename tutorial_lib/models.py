@@ -62,12 +62,14 @@ def make_model(cfg: ModelConfig, vocab_size: int, seed: int = 0, device: str = "
 
 def load_pretrained(path: str | os.PathLike, device: str = "cpu", dtype=None):
     """Load any ``AutoModelForCausalLM`` and its tokenizer from a local folder (the ``full`` profile).
-    Nothing is downloaded: the folder must hold the weights (safetensors) and the tokenizer."""
+    Nothing is downloaded: the folder must hold the weights (safetensors) and the tokenizer. ``dtype``
+    None loads float32, not the checkpoint's stored dtype (the Newton step needs float32 weights)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"pretrained model folder not found: {path}")
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype, use_safetensors=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32 if dtype is None else dtype,
+                                                 use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model.to(device), tokenizer
 

@@ -180,6 +180,72 @@ def write_case_studies(result: dict, cfg: dict, out: Path) -> list[Path]:
     return [md, js, _save_figure(plot_case_study(result)[0].figure, out / "case_studies.png")]
 
 
+def _without_wall_times(value):
+    """``value`` with every ``"seconds"`` entry removed (wall times vary between runs; the JSON must not)."""
+    if isinstance(value, dict):
+        return {k: _without_wall_times(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_wall_times(v) for v in value]
+    return value
+
+
+def robustness_experiment(profile: str, seed: int = 0, device=None) -> dict:
+    """Notebook 10's three studies (cached) and the recommendation table built from them."""
+    from .robustness import (
+        RobustnessConfig,
+        recommendations,
+        relearning_study,
+        seed_variation,
+        sensitivity_study,
+        sequential_study,
+    )
+
+    cfg = RobustnessConfig.for_profile(profile)
+    relearning = relearning_study(cfg, seed, device)[0]
+    sequential = sequential_study(cfg, seed, device)[0]
+    sensitivity = sensitivity_study(cfg, seed, device)[0]
+    seeds = seed_variation(cfg, device)
+    return {"config": cfg.to_dict(), "relearning": relearning, "sequential": sequential, "sensitivity": sensitivity,
+            "seeds": seeds, "recommendations": recommendations(relearning, sequential, sensitivity, seeds)}
+
+
+def write_robustness(result: dict, out: Path) -> list[Path]:
+    """Write notebook 10's tables (markdown, JSON without wall times) and figure (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .notebook import library_versions
+    from .plotting import use_style
+    from .robustness import (
+        plot_relearning,
+        plot_sensitivity,
+        plot_sequential,
+        recommendations_markdown,
+        relearning_markdown,
+        sequential_markdown,
+    )
+
+    cfg = result["config"]
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "robustness.md"
+    md.write_text(f"# Robustness and relearning (notebook 10)\n\n{cfg['run_profile']}-scale models on {cfg['corpus']}; every method "
+                  f"at its {cfg['run_profile']} default. Exposure in bits, exact.\n\n## Relearning attack\n\n"
+                  + relearning_markdown(result["relearning"]) + f"\n\n## {cfg['n_requests']} sequential requests\n\n"
+                  + sequential_markdown(result["sequential"]) + "\n\n## Recommendations\n\n"
+                  + recommendations_markdown(result["recommendations"]) + "\n")
+    js = out / "robustness.json"
+    js.write_text(json.dumps({"versions": library_versions(), **_without_wall_times(result)}, indent=1, default=str))
+    use_style()
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8))
+    plot_relearning(result["relearning"], axes[0, 0])
+    plot_sequential(result["sequential"], axes[0, 1:])
+    plot_sensitivity(result["sensitivity"], axes[1, :2])
+    axes[1, 2].axis("off")
+    return [md, js, _save_figure(fig, out / "robustness.png")]
+
+
 def main(argv: list[str] | None = None) -> int:
     from .memorization import MemorizationConfig, run_memorization
     from .profiles import resolve_profile
@@ -220,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"case studies (personal data, verbatim text): {cs_cfg.profile}-scale model")
     result = case_study_experiment(cs_cfg, seed=args.seed, device=args.device)[0]
     for path in write_case_studies(result, cs_cfg.to_dict(), out):
+        print(f"  wrote {path}")
+    print("robustness: relearning attack, sequential requests, sensitivity")
+    for path in write_robustness(robustness_experiment(profile, seed=args.seed, device=args.device), out):
         print(f"  wrote {path}")
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

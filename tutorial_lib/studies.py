@@ -1,23 +1,19 @@
 """The unlearning experiments of notebooks 04 and 05 as functions: one forgetting request set up
 against its retrained oracle, hyperparameter sweeps with the exposure–perplexity trade-off and the
-rule that picks a default from them, and repeated deletion requests.
+rule that picks a default from them (many requests in a row: :mod:`tutorial_lib.robustness`).
 
-Sweeps and repeated requests are cached as JSON results (:func:`~tutorial_lib.cache.cached_result`),
+Sweeps are cached as JSON results (:func:`~tutorial_lib.cache.cached_result`),
 so that a lecture (or CI, after ``python -m tutorial_lib.warm_cache``) shows them at once.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from .cache import cached_result
-from .evaluation import compute_loss, tokenize_lines
-from .exposure import compute_exposure
+from .evaluation import tokenize_lines
 from .memorization import MemorizationConfig, prepare_memorization, train_memorization_model, train_retrained_model
 from .profiles import progress_options
 from .unlearning import (
@@ -26,7 +22,6 @@ from .unlearning import (
     UnlearningError,
     canary_forget_items,
     evaluate_unlearning,
-    repeated_unlearning,
     unlearn,
 )
 
@@ -247,55 +242,3 @@ def baseline_sweep(cfg: MemorizationConfig, method: str, seed: int = 0, device=N
     grid = grid or baseline_grid(cfg.profile)
     return _sweep_study(f"{method}_sweep", cfg, method, base, grid, seed, device, candidates, use_cache, progress,
                         run=lambda setup: trace_sweep(setup, method, base, grid["lr"], grid["steps"], candidates, progress=progress))
-
-
-# ----------------------------------------------------------------------------------- repeated requests
-def repeated_requests_config(profile: str | None = None) -> MemorizationConfig:
-    """Notebook 05's second memorisation run: two canaries per insertion count, 4-digit secrets
-    (|R| = 10⁴, so every exposure after every cycle is exact and quick)."""
-    return MemorizationConfig.for_profile(profile, per_insertion=2, secret_length=4, track_exposure=False)
-
-
-def repeated_requests_study(profile: str | None = None, seed: int = 0, device=None, n_requests: int = 5, configs: dict | None = None,
-                            use_cache: bool = True, progress: bool = True) -> tuple[dict, bool]:
-    """Serve ``n_requests`` deletion requests one at a time (most-inserted canaries first) with each
-    method of ``configs`` (default: Fisher Removal and Fisher Forgetting at their profile defaults),
-    measuring the exact exposure of every inserted canary and one control, and the validation
-    perplexity, after every cycle; ``(result, from_cache)``. Notebook 05, "Repeated requests"."""
-    cfg = repeated_requests_config(profile)
-    configs = configs or {"fisher_removal": FisherRemovalConfig.for_profile(cfg.profile),
-                          "fisher_forgetting": FisherForgettingConfig.for_profile(cfg.profile)}
-
-    def compute():
-        model, tokenizer, canaries, splits, _, _ = train_memorization_model(cfg, seed=seed, device=device, progress=progress)
-        _, _, _, inserted = prepare_memorization(cfg, seed=seed)
-        ordered = sorted([c for c in canaries if not c.is_control], key=lambda c: -c.insertions)
-        if n_requests > len(ordered):
-            raise ValueError(f"{n_requests} requests asked for, but the run has {len(ordered)} inserted canaries")
-        requests = [(c.name, canary_forget_items(c, "secret")) for c in ordered[:n_requests]]
-        tracked = [c for c in canaries if c.insertions > 0] + [c for c in canaries if c.is_control][:1]
-        val_ids = tokenize_lines(tokenizer, splits.validation)
-
-        def evaluate(m):
-            return {"exposure": {c.name: compute_exposure(m, tokenizer, c).exposure for c in tracked},
-                    "val_perplexity": math.exp(compute_loss(m, val_ids, cfg.train.block_size, max_blocks=64))}
-
-        cycles = {}
-        for method, config in configs.items():
-            _, cycles[method] = repeated_unlearning(model, tokenizer, requests, inserted.retain, method, config, evaluate,
-                                                    n_train=len(inserted.lines), seed=seed, progress=progress)
-        return {"requests": [name for name, _ in requests], "tracked": [c.to_dict() for c in tracked],
-                "configs": {m: dataclasses.asdict(c) for m, c in configs.items()}, "cycles": cycles}
-
-    key = {"run": cfg.to_dict(), "seed": seed, "n_requests": n_requests, "configs": {m: dataclasses.asdict(c) for m, c in configs.items()}}
-    return cached_result("repeated_requests", key, compute, use_cache=use_cache)
-
-
-def final_state(study: dict) -> dict:
-    """Per method: mean exposure of the forgotten canaries and perplexity after the last request,
-    and the perplexity before the first."""
-    out = {}
-    for method, rows in study["cycles"].items():
-        out[method] = {"forgotten_exposure": float(np.mean([rows[-1]["exposure"][n] for n in study["requests"]])),
-                       "val_perplexity": rows[-1]["val_perplexity"], "val_perplexity_before": rows[0]["val_perplexity"]}
-    return out

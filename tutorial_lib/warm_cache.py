@@ -5,11 +5,13 @@ this before the notebooks; an instructor runs it before a lecture):
     python -m tutorial_lib.warm_cache --profile small
 
 The models: notebook 03's memorisation run, notebook 04's retrained oracle (without the most-inserted
-canary) and notebook 05's repeated-requests run (two canaries per insertion count, 4-digit secrets).
-The studies: notebook 04's Fisher Removal sweep, notebook 05's noise sweep and repeated requests,
+canary) and the sequential-requests run of notebooks 05 and 10 (four canaries per insertion count,
+4-digit secrets). The studies: notebook 04's Fisher Removal sweep, notebook 05's noise sweep, the
+sequential requests,
 notebook 06's learning-rate × steps sweeps of the four first-order baselines, notebook 07's
 one-seed benchmark table (the reproduction computes all seeds) and notebook 08's DP-SGD runs on the
-benchmark's models (the reproduction adds the profile's own model) and notebook 09's case studies.
+benchmark's models (the reproduction adds the profile's own model), notebook 09's case studies and
+notebook 10's relearning attack and sensitivity (with the benchmark's cells for the other seeds).
 """
 from __future__ import annotations
 
@@ -23,28 +25,23 @@ def warm(profile: str | None = None, seed: int = 0, device: str | None = None, p
     from .benchmark import BenchmarkConfig, benchmark_cell
     from .canaries import make_canaries
     from .memorization import MemorizationConfig, train_memorization_model, train_retrained_model
-    from .studies import (
-        baseline_sweep,
-        forgetting_sweep,
-        reference_points,
-        removal_sweep,
-        repeated_requests_config,
-        repeated_requests_study,
-    )
+    from .robustness import RobustnessConfig, relearning_study, seed_benchmark_config, sensitivity_study, sequential_study
+    from .studies import baseline_sweep, forgetting_sweep, reference_points, removal_sweep
 
     cfg = MemorizationConfig.for_profile(profile)
+    robust = RobustnessConfig.for_profile(profile)
     canaries = make_canaries(cfg.insertions, cfg.per_insertion, cfg.n_controls, cfg.space, seed=seed)
     target = max(canaries, key=lambda c: c.insertions).name
     models = [
         ("notebook 03: memorisation run", lambda: train_memorization_model(cfg, seed, device, progress=progress)),
         (f"notebook 04: retrained without {target}", lambda: train_retrained_model(cfg, (target,), seed, device, progress=progress)),
-        ("notebook 05: repeated-requests run", lambda: train_memorization_model(repeated_requests_config(profile), seed, device, progress=progress)),
+        ("notebooks 05 and 10: sequential-requests run",
+         lambda: train_memorization_model(robust.sequential_run_config(), seed, device, progress=progress)),
     ]
     results = [
         ("notebook 04: original and oracle, exact exposure", lambda: reference_points(cfg, seed, device, progress=progress)),
         ("notebook 04: Fisher Removal sweep", lambda: removal_sweep(cfg, seed, device, progress=progress)),
         ("notebook 05: noise sweep", lambda: forgetting_sweep(cfg, seed, device, progress=progress)),
-        ("notebook 05: repeated requests", lambda: repeated_requests_study(profile, seed, device, progress=progress)),
     ] + [(f"notebook 06: {m} sweep", lambda m=m: baseline_sweep(cfg, m, seed, device, progress=progress))
          for m in ("gradient_ascent", "gradient_difference", "npo", "fine_tune")]
     bench = dataclasses.replace(BenchmarkConfig.for_profile(profile), seeds=(seed,))  # notebook 07's reduced table
@@ -59,6 +56,12 @@ def warm(profile: str | None = None, seed: int = 0, device: str | None = None, p
     from .scenarios import case_study_config, case_study_experiment
 
     results.append(("notebook 09: case studies", lambda: case_study_experiment(case_study_config(profile), seed, device, progress=progress)))
+    results += [("notebook 10: relearning attack", lambda: relearning_study(robust, seed, device, progress=progress)),
+                ("notebooks 05 and 10: sequential requests", lambda: sequential_study(robust, seed, device, progress=progress)),
+                ("notebook 10: sensitivity", lambda: sensitivity_study(robust, seed, device, progress=progress))]
+    seeds = seed_benchmark_config(robust)
+    results += [(f"notebook 10: benchmark, {robust.corpus}, seed {s}", lambda s=s: benchmark_cell(seeds, robust.corpus, s, device))
+                for s in seeds.seeds if s != seed]
     jobs = models + results if studies else models
     rows = []
     for i, (label, job) in enumerate(jobs):  # models first: the studies load them
