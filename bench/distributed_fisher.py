@@ -2,7 +2,7 @@
 
 For a GPT-2 of the chosen profile (every parameter) and ``--m`` random token windows of
 ``--block`` tokens in batches of ``--batch-size``, each world size runs, with
-``tutorial_lib.distributed``:
+``tutorial_lib.unlearning.distributed_fisher``:
 
 * grad: per-sample gradients of the rank's share of the batches (``distributed_gradient_matrix``);
 * woodbury build: the m x m Gram matrix from per-rank blocks and its Cholesky factor
@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from tutorial_lib.distributed import DistributedFisher, distributed_gradient_matrix, run_distributed, world_info
+from tutorial_lib.unlearning.distributed import run_distributed, world_info
+from tutorial_lib.unlearning.distributed_fisher import DistributedFisher, distributed_gradient_matrix
 
 RESULTS = Path(__file__).resolve().parent / "results" / "distributed_fisher.json"
 
@@ -62,7 +63,7 @@ def _timed(fn, repeats: int):
 
 def measure(profile: str, m: int, block: int, batch_size: int, damping: float, repeats: int, seed: int) -> dict:
     """Run on every rank; returns the slowest rank's times and the products."""
-    from tutorial_lib.models import ModelConfig, make_model
+    from tutorial_lib.core.models import ModelConfig, make_model
 
     model = make_model(ModelConfig.for_profile(profile), 257, seed=seed).eval()
     gen = torch.Generator().manual_seed(seed)

@@ -8,8 +8,8 @@ interleaved in the same process (median of ``--repeats`` rounds after one untime
 * plain: ``window_loss`` (whole-batch position ids, no KV cache), backward, batch clipping to 1, step;
 * DP-SGD, Opacus as shipped: HF's ``Conv1D`` has no Opacus grad sampler, so Opacus computes the
   per-sample gradients of GPT-2's attention and MLP projections with ``torch.func``;
-* DP-SGD, the library's way: the same, with :func:`tutorial_lib.dp.conv1d_grad_sample` registered
-  for ``Conv1D`` (one einsum per parameter), as :func:`tutorial_lib.dp.make_private` does.
+* DP-SGD, the library's way: the same, with :func:`tutorial_lib.privacy.dp.conv1d_grad_sample` registered
+  for ``Conv1D`` (one einsum per parameter), as :func:`tutorial_lib.privacy.dp.make_private` does.
 
 Opacus looks the grad sampler up at every backward pass, so both DP models are wrapped the same way
 (with ``torch.func`` prepared for ``Conv1D``) and the sampler is registered only around the library's
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tutorial_lib.dp import backward, conv1d_grad_sample, window_loss
-from tutorial_lib.models import ModelConfig, count_parameters, make_model
+from tutorial_lib.privacy.dp import backward, conv1d_grad_sample, window_loss
+from tutorial_lib.core.models import ModelConfig, count_parameters, make_model
 
 
 def plain_stepper(model, data, batch):

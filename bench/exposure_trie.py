@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import tutorial_lib.exposure as exposure
-from tutorial_lib.canaries import Canary, RandomnessSpace
-from tutorial_lib.exposure import canary_texts, canary_trie, compute_exposure, score_candidates_bruteforce, score_trie
-from tutorial_lib.models import ModelConfig, count_parameters, make_model
-from tutorial_lib.tokenization import make_byte_tokenizer
+import tutorial_lib.privacy.exposure as exposure
+from tutorial_lib.core.canaries import Canary, RandomnessSpace
+from tutorial_lib.privacy.exposure import canary_texts, canary_trie, compute_exposure, score_candidates_bruteforce, score_trie
+from tutorial_lib.core.models import ModelConfig, count_parameters, make_model
+from tutorial_lib.core.tokenization import make_byte_tokenizer
 
 FORMAT = "the secret number of alice is {secret}"
 BATCH_SIZE = 512

@@ -2,7 +2,7 @@
 
 For a random gradient matrix G (m x d, rows of norm about 1) and a random vector v, the script builds
 the damped empirical Fisher F = lam I + G^T G / m with ``make_fisher(G, damping, structure, block_size)``
-from ``tutorial_lib.fisher`` and applies its inverse once, ``F.inverse_product(v)``, for each structure:
+from ``tutorial_lib.curvature.fisher`` and applies its inverse once, ``F.inverse_product(v)``, for each structure:
 
 * woodbury: exact, one m x m Cholesky of lam m I + G G^T (``WoodburyFisher``);
 * block: exact on diagonal blocks of ``--block-size`` coordinates (default 128), built by the
@@ -56,7 +56,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tutorial_lib.fisher import BlockFisher, MemoryBudgetError, available_memory, estimate_memory, make_fisher
+from tutorial_lib.curvature.fisher import BlockFisher, make_fisher
+from tutorial_lib.curvature.memory import MemoryBudgetError, available_memory, estimate_memory
 
 STRUCTURES = ("woodbury", "block", "block-sm1", "dense", "diagonal")
 
@@ -78,7 +79,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "fisher_products.json"
 
 def gpt2_small_dim() -> int:
     """Parameter count of the course's "small" GPT-2 (byte-level vocabulary of 257)."""
-    from tutorial_lib.models import ModelConfig, count_parameters, make_model
+    from tutorial_lib.core.models import ModelConfig, count_parameters, make_model
 
     return count_parameters(make_model(ModelConfig.for_profile("small"), vocab_size=257, seed=0))
 

@@ -68,14 +68,7 @@ if __name__ == "__main__" and (_threads := _threads_arg(sys.argv[1:])) > 0:
 import numpy as np  # noqa: E402 (after the BLAS thread settings)
 import scipy  # noqa: E402
 
-from tutorial_lib.newton import (  # noqa: E402
-    ConvexProblem,
-    fit,
-    make_corpus_classification,
-    newton_removal,
-    residual_bound,
-    retrain_without,
-)
+from tutorial_lib.curvature.newton import ConvexProblem, fit, make_corpus_classification, newton_removal, residual_bound, retrain_without
 
 LAM = 1e-3
 SIZES = [(250, 64), (1000, 128), (2500, 256)]

@@ -53,8 +53,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tutorial_lib.models import ModelConfig, count_parameters, make_model
-from tutorial_lib.per_sample import METHODS, lm_outputs, per_sample_gradients, sample_losses, select_parameters
+from tutorial_lib.core.models import ModelConfig, count_parameters, make_model
+from tutorial_lib.curvature.outputs import lm_outputs, sample_losses
+from tutorial_lib.curvature.per_sample import METHODS, per_sample_gradients, select_parameters
 
 VOCAB_SIZE = 257
 BATCH, QUICK_BATCH, SEQ = 32, 8, 128

@@ -46,7 +46,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
 
     import tutorial_lib as tl
-    from tutorial_lib.memorization import prepare_memorization
+    from tutorial_lib.experiments.memorization import prepare_memorization
 
     cfg = tl.MemorizationConfig.for_profile(args.profile)
     model, tokenizer, canaries, splits, _, _ = tl.train_memorization_model(cfg, seed=args.seed, progress=False)

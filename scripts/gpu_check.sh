@@ -35,10 +35,10 @@ if [ -z "${TUTORIAL_MODEL_PATH:-}" ] || [ ! -f "$TUTORIAL_MODEL_PATH/config.json
   export TUTORIAL_MODEL_PATH="$work/gpt2-random"
   echo "no pretrained model folder in TUTORIAL_MODEL_PATH: using a randomly initialised GPT-2-small-shaped model" \
        "with the byte tokenizer, saved into $TUTORIAL_MODEL_PATH (its losses and exposures mean nothing)" | tee -a "$summary"
-  step "save a random GPT-2 small" 45 "$PY" -m tutorial_lib.full_profile --save-random-model "$TUTORIAL_MODEL_PATH"
+  step "save a random GPT-2 small" 45 "$PY" -m tutorial_lib.experiments.full_profile --save-random-model "$TUTORIAL_MODEL_PATH"
 fi
 step "pytest -m gpu" 120 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider -rs
-step "full profile plan --check" 60 "$PY" -m tutorial_lib.full_profile --check
+step "full profile plan --check" 60 "$PY" -m tutorial_lib.experiments.full_profile --check
 notebook="${GPU_CHECK_NOTEBOOK:-notebooks/02_hessian_vs_empirical_fisher.ipynb}"
 step "nbval $(basename "$notebook")" 200 "$PY" -m pytest "$notebook" --nbval --nbval-current-env \
   --nbval-cell-timeout=200 -q -p no:cacheprovider

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_env.sh
-exec "$PY" -m tutorial_lib.reproduce "$@"
+exec "$PY" -m tutorial_lib.course.reproduce "$@"

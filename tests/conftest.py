@@ -11,7 +11,10 @@ def tiny_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tiny_cache):
     """One tiny-profile memorisation run, shared by the tests that only read its result."""
-    from tutorial_lib.memorization import MemorizationConfig, run_memorization
+    from tutorial_lib.experiments.memorization import (
+        MemorizationConfig,
+        run_memorization,
+    )
 
     cache = tiny_cache
     cfg = MemorizationConfig.for_profile("tiny")
@@ -20,6 +23,6 @@ def tiny_run(tiny_cache):
 
 @pytest.fixture(scope="session")
 def byte_tokenizer():
-    from tutorial_lib.tokenization import make_byte_tokenizer
+    from tutorial_lib.core.tokenization import make_byte_tokenizer
 
     return make_byte_tokenizer()

@@ -1,128 +1,48 @@
 """tutorial_lib: second-order machine unlearning for language models, the library behind the course.
 
-Nothing runs at import time; submodules load their heavy dependencies when called.
+The package is layered; each sub-package imports only from the ones before it:
+
+- ``core``: profiles, data, tokenizers, models, training, evaluation, the cache, canaries, plots;
+- ``curvature``: per-sample gradients, empirical Fisher structures, K-FAC, Newton steps, exact curvature;
+- ``privacy``: exposure, membership inference and extraction, DP-SGD and its accounting;
+- ``unlearning``: :func:`unlearn` and its method registry, evaluation against the retrained model,
+  the Fisher across processes;
+- ``experiments``: one module per study (memorisation, sweeps, benchmark, DP comparison, case
+  studies, robustness, the full profile's plan);
+- ``course``: the notebooks' set-up, the reproduction, cache warming and the instructor commands.
+
+This module re-exports what the notebooks and a researcher use (:data:`__all__`); everything else stays
+in its module. Nothing runs at import time.
 """
-from .baselines import FineTuneConfig, GradientAscentConfig, GradientDifferenceConfig, NPOConfig
-from .canaries import Canary, InsertedCorpus, RandomnessSpace, insert_canaries, make_canaries
-from .cache import CheckpointMismatchError, cache_root, load_run, save_run
-from .curvature import (
-    cosine,
-    curvature_matrix,
-    empirical_fisher,
-    exact_hessian,
-    gauss_newton,
-    loss_gradient,
-    preconditioned_descent,
-    spectrum,
-    true_fisher,
+from ._version import __version__
+from .core.cache import (
+    CheckpointMismatchError,
 )
-from .data import CORPORA, CorpusSplits, DataError, corpus_path, load_corpus, verify_data
-from .dp import (
-    DPComparisonConfig,
-    DPConfig,
-    dp_comparison,
-    dp_markdown,
-    dp_study,
-    dp_study_cached,
-    epsilon_spent,
-    noise_multiplier_for,
-    plot_dp_vs_unlearning,
-    train_dp_language_model,
-    train_dp_model,
+from .core.canaries import (
+    Canary,
+    RandomnessSpace,
+    insert_canaries,
+    make_canaries,
 )
-from .distributed import (
-    DistributedFisher,
-    distributed_forget_gradient,
-    distributed_gradient_matrix,
-    distributed_newton_step,
-    gather_rows,
-    init_distributed,
-    run_distributed,
-    shard,
-    shard_batch,
-    shutdown_distributed,
-    world_info,
+from .core.data import (
+    CORPORA,
+    DataError,
+    corpus_path,
+    load_corpus,
+    verify_data,
 )
-from .evaluation import compute_loss, compute_perplexity, compute_text_perplexity, tokenize_lines
-from .exposure import (
-    CandidateTrie,
-    ExposureEstimate,
-    ExposureResult,
-    build_trie,
-    canary_texts,
-    canary_trie,
-    compute_exposure,
-    estimate_exposure,
-    exposure_from_scores,
-    score_candidates,
-    score_candidates_bruteforce,
-    score_trie,
+from .core.evaluation import (
+    compute_loss,
+    compute_perplexity,
+    tokenize_lines,
 )
-from .fisher import (
-    BlockFisher,
-    DenseFisher,
-    DiagonalFisher,
-    KFACFisher,
-    MemoryBudgetError,
-    WoodburyFisher,
-    estimate_memory,
-    make_fisher,
-    structure_costs,
+from .core.models import (
+    ModelConfig,
+    count_parameters,
+    load_pretrained,
+    make_model,
 )
-from .full_profile import (
-    FullProfileError,
-    FullProfilePlan,
-    check_full_profile,
-    choose_fisher_subset,
-    estimate_fisher_memory,
-    resolve_full_profile,
-    save_random_model,
-)
-from .memorization import MemorizationConfig, MemorizationResult, run_memorization, train_memorization_model, train_retrained_model
-from .mia import (
-    attack_scores,
-    generate_continuations,
-    longest_common_prefix,
-    membership_inference,
-    roc_auc,
-    roc_curve,
-    rouge_l,
-    tpr_at_fpr,
-)
-from .models import ModelConfig, count_parameters, load_pretrained, make_model
-from .newton import (
-    ConvexProblem,
-    MLPProblem,
-    NewtonConfig,
-    certified_noise_std,
-    fit,
-    hashed_ngram_features,
-    ihvp_cg,
-    ihvp_exact,
-    ihvp_lissa,
-    influence_on_loss,
-    influence_on_params,
-    make_corpus_classification,
-    newton_removal,
-    newton_step,
-    perturb,
-    residual_bound,
-    retrain_without,
-    solve_damped,
-)
-from .notebook import NotebookSetup, setup_notebook
-from .per_sample import (
-    ParameterSpace,
-    classifier_outputs,
-    gradient_matrix,
-    lm_outputs,
-    make_lm_batch,
-    per_sample_gradients,
-    regression_outputs,
-    sample_losses,
-    select_parameters,
-)
-from .plotting import (
+from .core.plotting import (
     plot_candidate_distribution,
     plot_exact_vs_estimate,
     plot_exposure_trajectory,
@@ -131,37 +51,141 @@ from .plotting import (
     plot_training_curve,
     use_style,
 )
-from .profiles import PROFILES, resolve_device, resolve_profile
-from .robustness import (
-    RelearningConfig,
-    RobustnessConfig,
-    factors_for,
+from .core.profiles import (
+    PROFILES,
+    resolve_device,
+    resolve_profile,
+)
+from .core.tokenization import (
+    make_byte_tokenizer,
+    train_bpe_tokenizer,
+)
+from .core.training import (
+    TrainConfig,
+    TrainHistory,
+    train_language_model,
+)
+from .course.notebook import (
+    setup_notebook,
+)
+from .curvature.fisher import (
+    BlockFisher,
+    DenseFisher,
+    DiagonalFisher,
+    WoodburyFisher,
+    make_fisher,
+)
+from .curvature.ground_truth import (
+    cosine,
+    empirical_fisher,
+    exact_hessian,
+    gauss_newton,
+    loss_gradient,
+    preconditioned_descent,
+    spectrum,
+    true_fisher,
+)
+from .curvature.kfac import (
+    KFACFisher,
+    structure_costs,
+)
+from .curvature.memory import (
+    MemoryBudgetError,
+)
+from .curvature.newton import (
+    ConvexProblem,
+    MLPProblem,
+    NewtonConfig,
+    certified_noise_std,
+    fit,
+    ihvp_cg,
+    ihvp_exact,
+    ihvp_lissa,
+    influence_on_loss,
+    make_corpus_classification,
+    newton_removal,
+    newton_step,
+    perturb,
+    retrain_without,
+    solve_damped,
+)
+from .curvature.outputs import (
+    classifier_outputs,
+    lm_outputs,
+    make_lm_batch,
+    regression_outputs,
+    sample_losses,
+)
+from .curvature.per_sample import (
+    ParameterSpace,
+    gradient_matrix,
+    per_sample_gradients,
+    select_parameters,
+)
+from .experiments.benchmark import (
+    BenchmarkConfig,
+    benchmark_markdown,
+    cells_cached,
+    plot_benchmark,
+    run_benchmark,
+)
+from .experiments.case_studies import (
+    case_study_config,
+    case_study_experiment,
+    case_study_markdown,
+    evaluate_pii,
+    plot_case_study,
+    train_case_study_model,
+)
+from .experiments.case_study_data import (
+    CaseStudyConfig,
+    build_case_study,
+)
+from .experiments.dp_comparison import (
+    DPComparisonConfig,
+    dp_comparison,
+    dp_markdown,
+    dp_study,
+    dp_study_cached,
+    plot_dp_vs_unlearning,
+    train_dp_model,
+)
+from .experiments.full_profile import (
+    FullProfileError,
+    FullProfilePlan,
+    resolve_full_profile,
+)
+from .experiments.memorization import (
+    MemorizationConfig,
+    MemorizationResult,
+    prepare_memorization,
+    run_memorization,
+    train_memorization_model,
+    train_retrained_model,
+)
+from .experiments.recommendations import (
     plot_relearning,
     plot_sensitivity,
     plot_sequential,
     recommendations,
     recommendations_markdown,
-    relearning_attack,
     relearning_markdown,
+    sequential_markdown,
+)
+from .experiments.robustness import (
+    RelearningConfig,
+    RobustnessConfig,
+    relearning_attack,
     relearning_study,
     relearning_texts,
     seed_variation,
     sensitivity_study,
-    sequential_markdown,
     sequential_study,
     sequential_summary,
 )
-from .scenarios import (
-    CaseStudyConfig,
-    build_case_study,
-    case_study_config,
-    case_study_experiment,
-    case_study_markdown,
-    plot_case_study,
-    train_case_study_model,
-)
-from .studies import (
+from .experiments.sweeps import (
     UnlearningSetup,
+    baseline_sweep,
     choose_setting,
     forgetting_sweep,
     reference_points,
@@ -169,18 +193,221 @@ from .studies import (
     sweep_unlearning,
     unlearning_setup,
 )
-from .tokenization import make_byte_tokenizer, train_bpe_tokenizer
-from .training import TrainConfig, TrainHistory, train_language_model
-from .unlearning import (
+from .privacy.dp import (
+    DPConfig,
+    epsilon_spent,
+    noise_multiplier_for,
+    train_dp_language_model,
+    window_dataset,
+)
+from .privacy.exposure import (
+    ExposureEstimate,
+    ExposureResult,
+    canary_texts,
+    canary_trie,
+    compute_exposure,
+    estimate_exposure,
+    exposure_from_scores,
+    score_candidates_bruteforce,
+    score_trie,
+)
+from .privacy.mia import (
+    attack_scores,
+    generate_continuations,
+    membership_inference,
+    roc_auc,
+    roc_curve,
+    tpr_at_fpr,
+)
+from .unlearning.api import (
     METHODS,
-    FisherForgettingConfig,
-    FisherRemovalConfig,
+    unlearn,
+)
+from .unlearning.base import (
     UnlearningError,
     UnlearningReport,
     canary_forget_items,
+)
+from .unlearning.baselines import (
+    FineTuneConfig,
+    GradientAscentConfig,
+    GradientDifferenceConfig,
+    NPOConfig,
+)
+from .unlearning.distributed import (
+    world_info,
+)
+from .unlearning.distributed_fisher import (
+    DistributedFisher,
+)
+from .unlearning.evaluation import (
     evaluate_unlearning,
-    next_token_kl,
-    unlearn,
+)
+from .unlearning.fisher_methods import (
+    FisherForgettingConfig,
+    FisherRemovalConfig,
 )
 
-__version__ = "0.1.0"
+__all__ = [
+    "__version__",
+    "attack_scores",
+    "baseline_sweep",
+    "benchmark_markdown",
+    "BenchmarkConfig",
+    "BlockFisher",
+    "build_case_study",
+    "Canary",
+    "canary_forget_items",
+    "canary_texts",
+    "canary_trie",
+    "case_study_config",
+    "case_study_experiment",
+    "case_study_markdown",
+    "CaseStudyConfig",
+    "cells_cached",
+    "certified_noise_std",
+    "CheckpointMismatchError",
+    "choose_setting",
+    "classifier_outputs",
+    "compute_exposure",
+    "compute_loss",
+    "compute_perplexity",
+    "ConvexProblem",
+    "CORPORA",
+    "corpus_path",
+    "cosine",
+    "count_parameters",
+    "DataError",
+    "DenseFisher",
+    "DiagonalFisher",
+    "DistributedFisher",
+    "dp_comparison",
+    "dp_markdown",
+    "dp_study",
+    "dp_study_cached",
+    "DPComparisonConfig",
+    "DPConfig",
+    "empirical_fisher",
+    "epsilon_spent",
+    "estimate_exposure",
+    "evaluate_pii",
+    "evaluate_unlearning",
+    "exact_hessian",
+    "exposure_from_scores",
+    "ExposureEstimate",
+    "ExposureResult",
+    "FineTuneConfig",
+    "FisherForgettingConfig",
+    "FisherRemovalConfig",
+    "fit",
+    "forgetting_sweep",
+    "FullProfileError",
+    "FullProfilePlan",
+    "gauss_newton",
+    "generate_continuations",
+    "gradient_matrix",
+    "GradientAscentConfig",
+    "GradientDifferenceConfig",
+    "ihvp_cg",
+    "ihvp_exact",
+    "ihvp_lissa",
+    "influence_on_loss",
+    "insert_canaries",
+    "KFACFisher",
+    "lm_outputs",
+    "load_corpus",
+    "load_pretrained",
+    "loss_gradient",
+    "make_byte_tokenizer",
+    "make_canaries",
+    "make_corpus_classification",
+    "make_fisher",
+    "make_lm_batch",
+    "make_model",
+    "membership_inference",
+    "MemorizationConfig",
+    "MemorizationResult",
+    "MemoryBudgetError",
+    "METHODS",
+    "MLPProblem",
+    "ModelConfig",
+    "newton_removal",
+    "newton_step",
+    "NewtonConfig",
+    "noise_multiplier_for",
+    "NPOConfig",
+    "ParameterSpace",
+    "per_sample_gradients",
+    "perturb",
+    "plot_benchmark",
+    "plot_candidate_distribution",
+    "plot_case_study",
+    "plot_dp_vs_unlearning",
+    "plot_exact_vs_estimate",
+    "plot_exposure_trajectory",
+    "plot_exposure_vs_insertions",
+    "plot_relearning",
+    "plot_sensitivity",
+    "plot_sequential",
+    "plot_tradeoff",
+    "plot_training_curve",
+    "preconditioned_descent",
+    "prepare_memorization",
+    "PROFILES",
+    "RandomnessSpace",
+    "recommendations",
+    "recommendations_markdown",
+    "reference_points",
+    "regression_outputs",
+    "relearning_attack",
+    "relearning_markdown",
+    "relearning_study",
+    "relearning_texts",
+    "RelearningConfig",
+    "removal_sweep",
+    "resolve_device",
+    "resolve_full_profile",
+    "resolve_profile",
+    "retrain_without",
+    "RobustnessConfig",
+    "roc_auc",
+    "roc_curve",
+    "run_benchmark",
+    "run_memorization",
+    "sample_losses",
+    "score_candidates_bruteforce",
+    "score_trie",
+    "seed_variation",
+    "select_parameters",
+    "sensitivity_study",
+    "sequential_markdown",
+    "sequential_study",
+    "sequential_summary",
+    "setup_notebook",
+    "solve_damped",
+    "spectrum",
+    "structure_costs",
+    "sweep_unlearning",
+    "tokenize_lines",
+    "tpr_at_fpr",
+    "train_bpe_tokenizer",
+    "train_case_study_model",
+    "train_dp_language_model",
+    "train_dp_model",
+    "train_language_model",
+    "train_memorization_model",
+    "train_retrained_model",
+    "TrainConfig",
+    "TrainHistory",
+    "true_fisher",
+    "unlearn",
+    "unlearning_setup",
+    "UnlearningError",
+    "UnlearningReport",
+    "UnlearningSetup",
+    "use_style",
+    "verify_data",
+    "window_dataset",
+    "WoodburyFisher",
+    "world_info",
+]

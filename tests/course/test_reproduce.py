@@ -1,0 +1,64 @@
+import json
+
+from tutorial_lib.course.reproduce import main
+
+
+def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch, tiny_cache):
+    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
+    out = tmp_path / "results"
+    assert main(["--profile", "tiny", "--out", str(out), "--device", "cpu"]) == 0
+    table = (out / "memorization_exposure.md").read_text()
+    assert "| canary | inserted |" in table and "100x" in table
+    data = json.loads((out / "memorization_exposure.json").read_text())
+    assert data["config"]["profile"] == "tiny" and "torch" in data["versions"]
+    assert len(data["exposures"]) == len(data["canaries"])
+    removal = (out / "unlearning_methods.md").read_text()
+    assert "| retrained oracle |" in removal and "| fisher_removal |" in removal and "| npo |" in removal
+    data = json.loads((out / "unlearning_methods.json").read_text())
+    assert set(data["reports"]) == {"fisher_removal", "fisher_forgetting", "gradient_ascent", "gradient_difference", "npo", "fine_tune"}
+    forgotten = {m: r["exposure"][data["target"]] for m, r in data["results"].items()}
+    assert forgotten["fisher_removal"] < forgotten["original"] - 3 and forgotten["gradient_ascent"] < forgotten["original"]
+    bench = (out / "benchmark.md").read_text()
+    assert "## shakespeare" in bench and "## bible" in bench and "C2 (seed 0)" in bench
+    data = json.loads((out / "benchmark.json").read_text())
+    assert len(data["cells"]) == 2 and set(data["summary"]) == {"shakespeare", "bible"} and "torch" in data["versions"]
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    dp = (out / "dp_sgd.md").read_text()
+    assert "shakespeare (tiny-scale model)" in dp and "| non-private | ∞ |" in dp and "| eps = 1 |" in dp
+    data = json.loads((out / "dp_sgd.json").read_text())
+    rows = data["curves"]["shakespeare"]["rows"]
+    assert [r["target_epsilon"] for r in rows] == [None, 8.0, 3.0, 1.0] and data["own_scale"] is None
+    assert all(r["epsilon"] <= r["target_epsilon"] for r in rows[1:])
+    assert set(data["unlearning"]["shakespeare"]["rows"]) >= {"original", "retrained", "fisher_removal"}
+    assert (out / "dp_sgd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cases = (out / "case_studies.md").read_text()
+    assert "### Personal data" in cases and "### Verbatim text" in cases and "| retrained |" in cases
+    data = json.loads((out / "case_studies.json").read_text())
+    assert {"original", "retrained", "fisher_removal", "fisher_removal (secrets only)"} <= set(data["pii"])
+    phone, pii = data["canaries"][0]["name"], data["pii"]  # the scenario's premise: the subject is memorised, and retraining removes it
+    assert pii["original"]["exposure"][phone] >= 0.5 * 4 * 3.3219 and max(a["auc"] for a in pii["original"]["mia_subject"].values()) >= 0.75
+    assert pii["retrained"]["exposure"][phone] <= pii["original"]["exposure"][phone] - 3
+    assert (out / "case_studies.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    robust = (out / "robustness.md").read_text()
+    assert "## Relearning attack" in robust and "| retrained |" in robust and "## Recommendations" in robust
+    data = json.loads((out / "robustness.json").read_text())
+    assert set(data["relearning"]["rows"]) == {"original", "retrained", "fisher_removal", "gradient_ascent"}
+    assert len(data["sequential"]["requests"]) == 3 and [r["method"] for r in data["recommendations"]] == ["fisher_removal", "gradient_ascent"]
+    assert '"seconds"' not in (out / "robustness.json").read_text()
+    assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = {name: (out / name).read_bytes() for name in ("memorization_exposure.json", "benchmark.json", "unlearning_methods.json",
+                                                          "dp_sgd.json", "case_studies.json", "robustness.json")}
+    assert main(["--profile", "tiny", "--out", str(out), "--device", "cpu"]) == 0  # again, same seed: the same numbers
+    assert {name: (out / name).read_bytes() for name in first} == first
+    png = (out / "memorization_exposure.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_warm_cache_trains_once_then_finds_every_model(tmp_path, monkeypatch):
+    from tutorial_lib.course.warm_cache import warm
+
+    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tmp_path / "cache"))
+    first = warm("tiny", seed=0, device="cpu", studies=False)  # the studies are tested in test_studies.py
+    assert [r["cached"] for r in first] == [False, False, False]
+    assert [r["cached"] for r in warm("tiny", seed=0, device="cpu", studies=False)] == [True, True, True]
+    assert len(list((tmp_path / "cache").iterdir())) == 3

@@ -1,0 +1,70 @@
+"""Sweeps, the rule that picks defaults, the result cache and repeated requests (tiny profile)."""
+import math
+
+import pytest
+
+from tutorial_lib.core.cache import cached_result
+from tutorial_lib.experiments import sweeps as studies
+from tutorial_lib.experiments.memorization import MemorizationConfig
+from tutorial_lib.unlearning.fisher_methods import FisherRemovalConfig
+
+
+def _row(x, exposure, ppl):
+    return {"params": {"x": x}, "exposure": {"c": exposure}, "val_perplexity": ppl}
+
+
+def test_choose_setting_follows_the_bands():
+    original = {"val_perplexity": 10.0, "exposure": {"c": 18.0}}
+    oracle = {"val_perplexity": 10.0, "exposure": {"c": 1.0}}
+    rows = [_row(1, 0.5, 12.5), _row(2, 3.9, 11.0), _row(3, 2.0, 11.5), _row(4, 9.0, 10.2), {"params": {"x": 5}, "error": "refused"}]
+    choose = studies.choose_setting
+    assert choose(rows, "c", original, oracle)["params"]["x"] == 2  # within 3 bits of the oracle and the budget, lowest perplexity
+    assert choose(rows, "c", original, oracle, prefer=lambda r: -r["params"]["x"])["params"]["x"] == 3
+    assert choose(rows, "c", original, oracle, tolerance_bits=1.5)["params"]["x"] == 3
+    assert choose(rows, "c", original, oracle, tolerance_bits=0.5)["params"]["x"] == 1  # erasure first: over budget, but close
+    assert choose(rows, "c", original, oracle, max_ppl_increase=0.0)["params"]["x"] == 2  # none in budget: lowest perplexity of the close
+    assert choose(rows, "c", original, oracle, tolerance_bits=-1)["params"]["x"] == 1  # none close: lowest exposure
+    ties = [_row(1, 13.0, 6.0), _row(2, 13.0, 5.0)]
+    assert choose(ties, "c", original, oracle)["params"]["x"] == 2  # equal exposure: lower perplexity
+    assert choose(rows[-1:], "c", original, oracle) is None
+
+
+def test_cached_result_computes_once(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": (1, 2), "nested": {"a": 0.5}}
+
+    first, cached = cached_result("demo", {"k": 1}, compute, cache_dir=tmp_path)
+    again, cached_again = cached_result("demo", {"k": 1}, compute, cache_dir=tmp_path)
+    other, cached_other = cached_result("demo", {"k": 2}, compute, cache_dir=tmp_path)
+    assert (cached, cached_again, cached_other) == (False, True, False) and len(calls) == 2
+    assert first == again == {"value": [1, 2], "nested": {"a": 0.5}}  # the same JSON whether computed or loaded
+    cached_result("demo", {"k": 1}, compute, cache_dir=tmp_path, use_cache=False)
+    assert len(calls) == 3
+
+
+def test_removal_sweep_at_tiny(tiny_cache, monkeypatch):
+    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
+    cfg = MemorizationConfig.for_profile("tiny")
+    grid = {"eta": [0.0, 5e-4, 1e4]}
+    result, cached = studies.removal_sweep(cfg, 0, "cpu", grid=grid, progress=False)
+    target = result["target"]
+    zero, step, huge = result["rows"]
+    assert not cached and [r["params"]["eta"] for r in result["rows"]] == grid["eta"]
+    # a zero step leaves the model as it was: the original's point exactly
+    assert zero["exposure"][target] == result["original"]["exposure"][target]
+    assert math.isclose(zero["val_perplexity"], result["original"]["val_perplexity"], rel_tol=1e-9)
+    assert step["exposure"][target] < zero["exposure"][target] - 3
+    assert "max_update_norm" in huge["error"] and "exposure" not in huge
+    assert result["chosen"]["params"]["eta"] == 5e-4
+    assert studies.removal_sweep(cfg, 0, "cpu", grid=grid, progress=False) == (result, True)
+    refs, refs_cached = studies.reference_points(cfg, 0, "cpu", use_cache=False, progress=False)  # other tests may have cached it
+    assert not refs_cached and refs["original"]["exposure"][target] == result["original"]["exposure"][target]  # |R| = 10^4 at tiny: the same
+    assert refs["watch"][0] == target and set(refs["oracle"]["exposure"]) == set(refs["watch"])
+    setup = studies.unlearning_setup(cfg, 0, "cpu", progress=False)
+    with pytest.raises(ValueError, match="has no field 'lr'"):
+        studies.sweep_unlearning(setup, "fisher_removal", FisherRemovalConfig(), {"lr": [1.0]})
+    with pytest.raises(ValueError, match="unknown canary 'zed'"):
+        studies.unlearning_setup(cfg, 0, "cpu", target="zed", progress=False)

@@ -1,0 +1,143 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tutorial_lib.core.canaries import Canary, RandomnessSpace
+from tutorial_lib.core.models import ModelConfig, make_model
+from tutorial_lib.core.tokenization import train_bpe_tokenizer
+from tutorial_lib.privacy.exposure import (
+    build_trie,
+    canary_texts,
+    canary_trie,
+    compute_exposure,
+    estimate_exposure,
+    exposure_from_scores,
+    score_candidates,
+    score_candidates_bruteforce,
+    score_trie,
+)
+
+
+def _model(tokenizer, seed=0):
+    return make_model(ModelConfig(n_layer=2, n_embd=16, n_head=2, n_positions=64), len(tokenizer), seed=seed).double()
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    rng = np.random.default_rng(0)
+    numbers = [" ".join(str(x) for x in rng.integers(0, 10 ** rng.integers(1, 7), size=20)) for _ in range(2000)]
+    return train_bpe_tokenizer(numbers + ["the secret number of bob is"] * 20, vocab_size=400)
+
+
+def test_rank_and_exposure_by_hand():
+    scores = np.array([5.0, 1.0, 3.0, 3.0, 9.0, 2.0, 7.0, 8.0])
+    assert exposure_from_scores(scores, 1) == (1, 3.0)  # the most likely: full log2|R|
+    assert exposure_from_scores(scores, 2)[0] == 4  # ties count against the secret
+    assert exposure_from_scores(scores, 4) == (8, 0.0)
+
+
+def test_bruteforce_matches_the_models_own_loss(byte_tokenizer):
+    model = _model(byte_tokenizer)
+    texts = ["\nthe pin is 0123", "\nthe pin is 9", "\nhello"]
+    ours = score_candidates_bruteforce(model, byte_tokenizer, texts)
+    for text, bits in zip(texts, ours):
+        ids = torch.tensor([byte_tokenizer(text)["input_ids"]])
+        loss = model(input_ids=ids, labels=ids).loss.item()
+        assert math.isclose(bits, loss * (ids.shape[1] - 1) / math.log(2), rel_tol=1e-6)  # the model upcasts its loss to float32
+
+
+@pytest.mark.parametrize("length", [3, 4])
+def test_trie_equals_bruteforce_byte_level(byte_tokenizer, length):
+    model = _model(byte_tokenizer)
+    canary = Canary("the secret number of bob is {secret}", "0" * length, space=RandomnessSpace(length))
+    trie_scores = score_trie(model, canary_trie(byte_tokenizer, canary))
+    brute = score_candidates_bruteforce(model, byte_tokenizer, canary_texts(canary), batch_size=2048)
+    np.testing.assert_allclose(trie_scores, brute, rtol=0, atol=1e-9)
+    assert np.all(np.argsort(trie_scores, kind="stable") == np.argsort(brute, kind="stable"))
+
+
+@pytest.mark.parametrize("length", [3, 4])
+def test_trie_equals_bruteforce_bpe_with_multi_digit_pieces(bpe_tokenizer, length):
+    canary = Canary("the secret number of bob is {secret} and that is all", "1" * length, space=RandomnessSpace(length))
+    texts = canary_texts(canary)
+    lengths = {len(bpe_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts}
+    assert len(lengths) >= 2, "the BPE must split secrets into pieces of different lengths"
+    pieces = {len(p) for t in texts[:200] for p in bpe_tokenizer.tokenize(t) if p.strip("Ġ").isdigit()}
+    assert max(pieces) >= 2
+    model = _model(bpe_tokenizer)
+    trie_scores = score_trie(model, canary_trie(bpe_tokenizer, canary))
+    brute = score_candidates_bruteforce(model, bpe_tokenizer, texts, batch_size=2048)
+    np.testing.assert_allclose(trie_scores, brute, rtol=0, atol=1e-9)
+    whole = score_trie(model, build_trie(bpe_tokenizer, texts))
+    np.testing.assert_allclose(whole, brute, rtol=0, atol=1e-9)
+
+
+def test_trie_visits_far_fewer_positions_than_candidates_times_length(byte_tokenizer):
+    canary = Canary("the secret number of bob is {secret}", "0000", space=RandomnessSpace(4))
+    trie = canary_trie(byte_tokenizer, canary)
+    assert trie.n_candidates == 10_000
+    assert trie.n_internal == 1 + 10 + 100 + 1000  # the root (prefix and space), then 1, 2, 3 digits
+    naive = sum(len(byte_tokenizer(t)["input_ids"]) for t in canary_texts(canary))
+    assert naive / (trie.n_internal + len(trie.shared_ids)) > 10
+
+
+def test_no_shared_prefix_uses_a_start_token(byte_tokenizer):
+    model = _model(byte_tokenizer)
+    canary = Canary("{secret} is the code", "12", space=RandomnessSpace(2))
+    texts = canary_texts(canary, context="")
+    np.testing.assert_allclose(
+        score_candidates(model, byte_tokenizer, texts),
+        score_candidates_bruteforce(model, byte_tokenizer, texts), atol=1e-9,
+    )
+
+
+def test_compute_exposure_methods_agree(byte_tokenizer):
+    model = _model(byte_tokenizer, seed=3)
+    canary = Canary("the pin of carol is {secret}", "4711", space=RandomnessSpace(4))
+    a = compute_exposure(model, byte_tokenizer, canary)
+    b = compute_exposure(model, byte_tokenizer, canary, method="bruteforce")
+    assert a.rank == b.rank and math.isclose(a.exposure, b.exposure)
+    assert 0 <= a.exposure <= math.log2(10_000)
+    with pytest.raises(ValueError, match="unknown exposure method 'fast'"):
+        compute_exposure(model, byte_tokenizer, canary, method="fast")
+
+
+def test_compute_exposure_leaves_model_mode_alone(byte_tokenizer):
+    model = _model(byte_tokenizer).train()
+    compute_exposure(model, byte_tokenizer, Canary("pin {secret}", "12", space=RandomnessSpace(2)))
+    assert model.training
+
+
+def test_estimate_needs_samples(byte_tokenizer):
+    with pytest.raises(ValueError, match="n_samples"):
+        estimate_exposure(_model(byte_tokenizer), byte_tokenizer, Canary("pin {secret}", "12", space=RandomnessSpace(2)), n_samples=3)
+
+
+def test_estimate_is_close_for_an_unremarkable_secret(byte_tokenizer):
+    model = _model(byte_tokenizer, seed=1)
+    canary = Canary("the secret number of bob is {secret}", "5821", space=RandomnessSpace(4))
+    exact = compute_exposure(model, byte_tokenizer, canary)
+    est = estimate_exposure(model, byte_tokenizer, canary, n_samples=2000, seed=0)
+    assert est.n_samples == 2000
+    assert abs(est.exposure - exact.exposure) < 1.0
+
+
+def test_sampled_exposure_ranks_among_the_sampled_candidates(byte_tokenizer):
+    model = _model(byte_tokenizer, seed=3)
+    canary = Canary("the pin of carol is {secret}", "4711", space=RandomnessSpace(4))
+    full = score_candidates_bruteforce(model, byte_tokenizer, canary_texts(canary))
+    sub = compute_exposure(model, byte_tokenizer, canary, candidates=1000, seed=5)
+    again = compute_exposure(model, byte_tokenizer, canary, candidates=1000, seed=5, method="bruteforce")
+    # ground truth: the same sample drawn by hand, ranked within the full space's scores
+    index = canary.space.index(canary.secret)
+    others = np.random.default_rng(5).choice(9999, size=999, replace=False)
+    others = others + (others >= index)
+    assert index not in others and len(set(others)) == 999
+    rank = 1 + int(np.count_nonzero(full[others] <= full[index]))
+    assert sub.rank == again.rank == rank and sub.space_size == 1000
+    assert math.isclose(sub.exposure, math.log2(1000) - math.log2(rank))
+    assert compute_exposure(model, byte_tokenizer, canary, candidates=10_000).rank == compute_exposure(model, byte_tokenizer, canary).rank
+    with pytest.raises(ValueError, match="candidates must be at least 2, got 1"):
+        compute_exposure(model, byte_tokenizer, canary, candidates=1)

@@ -1,0 +1,203 @@
+"""The unlearning API: exact updates in float64, Fisher-shaped noise, guards, and banded results at tiny."""
+import math
+
+import pytest
+import torch
+
+from tutorial_lib.core.models import ModelConfig, make_model
+from tutorial_lib.core.tokenization import train_bpe_tokenizer
+from tutorial_lib.curvature.fisher import make_fisher
+from tutorial_lib.curvature.per_sample import per_sample_gradients, select_parameters
+from tutorial_lib.unlearning.api import unlearn
+from tutorial_lib.unlearning.base import (
+    UnlearningError,
+    canary_forget_items,
+    fisher_batches,
+    prepare_unlearning_data,
+)
+from tutorial_lib.unlearning.evaluation import evaluate_unlearning
+from tutorial_lib.unlearning.fisher_methods import (
+    FisherForgettingConfig,
+    FisherRemovalConfig,
+)
+
+RETAIN = [f"line {i}: to be or not to be, that is the question of line {i}" for i in range(60)]
+FORGET = [("the secret is ", "4242"), ("the secret is ", "4242"), "another private line"]
+
+
+@pytest.fixture()
+def micro(byte_tokenizer):
+    return make_model(ModelConfig(n_layer=1, n_embd=16, n_head=2, n_positions=32), len(byte_tokenizer), seed=0, dtype=torch.float64)
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _same(model, before):
+    return all(torch.equal(p, before[n]) or (torch.isnan(p).any() and torch.allclose(p, before[n], equal_nan=True))
+               for n, p in model.named_parameters())
+
+
+def test_fisher_removal_equals_the_dense_newton_step(micro, byte_tokenizer):
+    cfg = FisherRemovalConfig(damping=0.05, eta=2.0, n_fisher=12, structure="woodbury", params=("transformer.ln_f",),
+                              repeats=1, block_size=16, batch_size=5)
+    new, report = unlearn(micro, byte_tokenizer, FORGET, RETAIN, "fisher_removal", cfg, n_train=100, seed=3)
+    space = select_parameters(micro, "transformer.ln_f")
+    data = prepare_unlearning_data(micro, byte_tokenizer, FORGET, RETAIN, 100, 16)
+    G = torch.cat([per_sample_gradients(micro, b, space, "loop") for b in fisher_batches(data, 12, 5, "retain", 3, "cpu")])
+    F = 0.05 * torch.eye(space.dim, dtype=torch.float64) + G.T @ G / len(G)
+    delta = data.counts @ per_sample_gradients(micro, data.forget_batch, space, "loop")
+    assert data.k == 3 and data.counts.tolist() == [2.0, 1.0]
+    want = space.get(micro) + 2.0 / (100 - 3) * torch.linalg.solve(F, delta)
+    assert float((space.get(new) - want).norm() / (want - space.get(micro)).norm()) < 1e-8
+    assert report.k == 3 and report.n_parameters == space.dim and report.updated == list(space.names)
+    others = [n for n in _params(micro) if not n.startswith("transformer.ln_f")]
+    assert all(torch.equal(dict(new.named_parameters())[n], dict(micro.named_parameters())[n]) for n in others)
+
+
+def test_the_input_model_is_not_modified(micro, byte_tokenizer):
+    before = _params(micro)
+    new, _ = unlearn(micro, byte_tokenizer, FORGET, RETAIN, config=FisherRemovalConfig(block_size=16, n_fisher=8, repeats=2))
+    assert _same(micro, before) and not _same(new, before)
+
+
+def test_fisher_forgetting_noise_has_fisher_shaped_covariance():
+    gen = torch.Generator().manual_seed(0)
+    G = torch.randn(6, 10, generator=gen, dtype=torch.float64)
+    for structure in ("woodbury", "diagonal"):
+        F = make_fisher(G, 0.1, structure)
+        eps = torch.randn(40_000, 10, generator=gen, dtype=torch.float64)
+        for p in (-0.25, -0.5):
+            noise = F.power_product(eps, p)
+            cov = noise.T @ noise / len(noise)
+            w, Q = torch.linalg.eigh(F.dense())
+            want = Q @ torch.diag(w ** (2 * p)) @ Q.T
+            assert float((cov - want).norm() / want.norm()) < 0.03
+
+
+def test_fisher_forgetting_noise_only_is_the_seeded_fisher_power(micro, byte_tokenizer):
+    cfg = FisherForgettingConfig(variant="noise", exponent=-0.5, mu=1e-4, sigma=2.0, damping=0.1, n_fisher=8,
+                                 structure="woodbury", params=("transformer.ln_f.bias",), repeats=1, block_size=16, seed=5)
+    new, report = unlearn(micro, byte_tokenizer, FORGET, RETAIN, "fisher_forgetting", cfg, seed=0)
+    space = select_parameters(micro, "transformer.ln_f.bias")
+    data = prepare_unlearning_data(micro, byte_tokenizer, FORGET, RETAIN, None, 16)
+    G = torch.cat([per_sample_gradients(micro, b, space) for b in fisher_batches(data, 8, 32, "retain", 0, "cpu")])
+    eps = torch.randn(space.dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    want = (1e-4 * 4.0) ** 0.25 * make_fisher(G, 0.1, "woodbury").power_product(eps, -0.5)
+    assert torch.allclose(space.get(new) - space.get(micro), want, rtol=1e-8, atol=1e-12)
+    again, _ = unlearn(micro, byte_tokenizer, FORGET, RETAIN, "fisher_forgetting", cfg, seed=0)
+    assert torch.equal(space.get(again), space.get(new))  # same seed, same numbers
+
+
+def test_bad_input_is_an_error(micro, byte_tokenizer):
+    with pytest.raises(ValueError, match="forget set is empty"):
+        unlearn(micro, byte_tokenizer, [], RETAIN)
+    with pytest.raises(ValueError, match="unknown unlearning method 'ascent'"):
+        unlearn(micro, byte_tokenizer, FORGET, RETAIN, method="ascent")
+    with pytest.raises(ValueError, match="damping must be a positive"):
+        FisherRemovalConfig(damping=0.0)
+    with pytest.raises(ValueError, match="damping must be a positive"):
+        FisherForgettingConfig(damping=-1.0)
+    with pytest.raises(ValueError, match="needs a retain set"):
+        unlearn(micro, byte_tokenizer, FORGET, None)
+    with pytest.raises(ValueError, match="longer than the model's 32 positions"):
+        unlearn(micro, byte_tokenizer, ["x" * 40], RETAIN, config=FisherRemovalConfig(block_size=16))
+    bpe = train_bpe_tokenizer(RETAIN * 3, vocab_size=400)
+    with pytest.raises(ValueError, match="do not belong together"):
+        unlearn(micro, bpe, FORGET, RETAIN, config=FisherRemovalConfig(block_size=16))
+    with pytest.raises(ValueError, match="unknown Fisher Forgetting variant"):
+        FisherForgettingConfig(variant="scrub")
+    with pytest.raises(TypeError, match="takes a FisherForgettingConfig"):
+        unlearn(micro, byte_tokenizer, FORGET, RETAIN, "fisher_forgetting", FisherRemovalConfig())
+
+
+def test_refused_updates_leave_the_weights_intact(micro, byte_tokenizer):
+    before = _params(micro)
+    with pytest.raises(UnlearningError, match="exceeds max_update_norm"):
+        unlearn(micro, byte_tokenizer, FORGET, RETAIN, config=FisherRemovalConfig(eta=1e6, block_size=16, n_fisher=8, repeats=2, max_update_norm=1.0), inplace=True)
+    assert _same(micro, before)
+    with torch.no_grad():
+        micro.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+    nan_before = _params(micro)
+    with pytest.raises(FloatingPointError):
+        unlearn(micro, byte_tokenizer, FORGET, RETAIN, config=FisherRemovalConfig(block_size=16, n_fisher=8), inplace=True)
+    assert _same(micro, nan_before)
+
+
+@pytest.fixture(scope="module")
+def tiny_unlearning(tiny_cache):
+    import tutorial_lib as tl
+    from tutorial_lib.experiments.memorization import (
+        prepare_memorization,
+        train_retrained_model,
+    )
+
+    cache = tiny_cache
+    cfg = tl.MemorizationConfig.for_profile("tiny")
+    model, tok, canaries, splits, _, _ = tl.train_memorization_model(cfg, seed=0, cache_dir=cache, progress=False)
+    big = max(canaries, key=lambda c: c.insertions)
+    retrained, *_ = train_retrained_model(cfg, (big.name,), seed=0, cache_dir=cache, progress=False)
+    _, _, _, inserted = prepare_memorization(cfg, 0)
+    return cfg, model, retrained, tok, canaries, splits, inserted, big
+
+
+def test_fisher_removal_band_at_tiny(tiny_unlearning):
+    import tutorial_lib as tl
+
+    cfg, model, retrained, tok, canaries, splits, inserted, big = tiny_unlearning
+    val_ids, retain_ids = tl.tokenize_lines(tok, splits.validation), tl.tokenize_lines(tok, inserted.retain)
+    items = canary_forget_items(big, "secret")
+    block = cfg.train.block_size
+    before = evaluate_unlearning(model, tok, canaries, val_ids, retain_ids, items, block, reference=retrained)
+    oracle = evaluate_unlearning(retrained, tok, canaries, val_ids, retain_ids, items, block)
+    new, report = unlearn(model, tok, items, inserted.retain, "fisher_removal", FisherRemovalConfig.for_profile("tiny"), n_train=len(inserted.lines))
+    after = evaluate_unlearning(new, tok, canaries, val_ids, retain_ids, items, block, reference=retrained)
+    assert before["exposure"][big.name] >= 8  # it was memorised
+    assert after["exposure"][big.name] <= oracle["exposure"][big.name] + 3  # forgotten to about the oracle's level
+    assert after["val_perplexity"] <= 1.3 * before["val_perplexity"]  # tiny: looser than small's 20 %
+    for c in canaries:
+        if c.is_control:
+            assert abs(after["exposure"][c.name] - before["exposure"][c.name]) < 3
+    assert after["forget_loss"] > before["forget_loss"] and after["kl_to_reference"] > 0
+    assert report.seconds < 60 and math.isfinite(report.update_norm)
+
+
+def test_repeated_requests_and_helpers(micro, byte_tokenizer):
+    from tutorial_lib.unlearning.api import repeated_unlearning
+    from tutorial_lib.unlearning.evaluation import next_token_kl
+
+    ids = torch.tensor(byte_tokenizer("\n".join(RETAIN), add_special_tokens=False)["input_ids"])
+    assert next_token_kl(micro, micro, ids, 16, max_blocks=4) == pytest.approx(0.0, abs=1e-12)
+    seen = []
+
+    def evaluate(m):
+        seen.append(m)
+        return {"val_loss": tl_loss(m, ids)}
+
+    requests = [("a", [("the secret is ", "4242")] * 3), ("b", ["another private line"] * 2)]
+    cfg = FisherRemovalConfig(block_size=16, n_fisher=8, repeats=1)
+    final, rows = repeated_unlearning(micro, byte_tokenizer, requests, RETAIN, "fisher_removal", cfg, evaluate, n_train=100, progress=False)
+    assert [r["cycle"] for r in rows] == [0, 1, 2] and [r["request"] for r in rows] == [None, "a", "b"]
+    assert seen[0] is micro and final is seen[-1] and final is not micro
+    assert all(math.isfinite(r["val_loss"]) for r in rows) and rows[1]["update_norm"] > 0
+    with pytest.raises(ValueError, match="no deletion requests"):
+        repeated_unlearning(micro, byte_tokenizer, [], RETAIN, "fisher_removal", cfg, evaluate, n_train=100)
+
+
+def tl_loss(model, ids):
+    from tutorial_lib.core.evaluation import compute_loss
+
+    return compute_loss(model, ids, 16, max_blocks=4)
+
+
+def test_canary_forget_items():
+    from tutorial_lib.core.canaries import Canary
+
+    c = Canary("the pin of zed is {secret}.", secret="123456", insertions=3, name="zed")
+    assert canary_forget_items(c, "secret") == [("\nthe pin of zed is ", "123456.")] * 3
+    assert canary_forget_items(c, "line") == [("\n", "the pin of zed is 123456.")] * 3
+    with pytest.raises(ValueError, match="target must be"):
+        canary_forget_items(c, "digits")
+    with pytest.raises(ValueError, match="never inserted"):
+        canary_forget_items(Canary("x {secret}", secret="000000", insertions=0, name="ctl"))

@@ -1,0 +1,281 @@
+"""The reproduction command: run the course's experiments at a profile and write ``results/``
+(markdown tables, a JSON of every number with its config and library versions, PNG figures).
+
+    python -m tutorial_lib.reproduce --profile small --out results
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..core.plotting import (
+    plot_exact_vs_estimate,
+    plot_exposure_trajectory,
+    plot_exposure_vs_insertions,
+    use_style,
+)
+from ..core.profiles import resolve_profile
+from ..experiments.benchmark import (
+    BenchmarkConfig,
+    benchmark_markdown,
+    plot_benchmark,
+    run_benchmark,
+)
+from ..experiments.case_studies import (
+    case_study_config,
+    case_study_experiment,
+    case_study_markdown,
+    plot_case_study,
+)
+from ..experiments.dp_comparison import (
+    DPComparisonConfig,
+    dp_comparison,
+    dp_markdown,
+    plot_dp_vs_unlearning,
+)
+from ..experiments.memorization import MemorizationConfig, run_memorization
+from ..experiments.recommendations import (
+    plot_relearning,
+    plot_sensitivity,
+    plot_sequential,
+    recommendations,
+    recommendations_markdown,
+    relearning_markdown,
+    sequential_markdown,
+)
+from ..experiments.robustness import (
+    RobustnessConfig,
+    relearning_study,
+    seed_variation,
+    sensitivity_study,
+    sequential_study,
+)
+from ..experiments.sweeps import unlearning_experiment
+from .notebook import library_versions
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Lay out, write (PNG, 120 dpi) and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_memorization(result, out: Path) -> list[Path]:
+    """Write notebook 03's exposure table (markdown + JSON) and figure (PNG) into ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "memorization_exposure.md"
+    md.write_text("# Memorisation and exposure (notebook 03)\n\n" + result.summary() + "\n\n" + result.table_markdown() + "\n")
+    js = out / "memorization_exposure.json"
+    # every number but this run's wall times (they are in the markdown), so that a second run writes the same JSON
+    numbers = {k: v for k, v in result.to_dict().items() if k not in ("exposure_seconds", "from_cache")}
+    for key in ("exposures", "estimates"):
+        numbers[key] = [{k: v for k, v in row.items() if k != "seconds"} for row in numbers[key]]
+    js.write_text(json.dumps({"versions": library_versions(), **numbers}, indent=1))
+    use_style()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    plot_exposure_vs_insertions(result, axes[0]).set_title("exposure against insertions")
+    if result.trajectory:
+        plot_exposure_trajectory(result, axes[1]).set_title("exposure over training")
+    plot_exact_vs_estimate(result, axes[2]).set_title("exact vs skew-normal estimate")
+    return [md, js, _save_figure(fig, out / "memorization_exposure.png")]
+
+
+def write_unlearning(data: dict, out: Path) -> list[Path]:
+    """Write the table of every unlearning method against the oracle (markdown + JSON) into ``out``."""
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = [c["name"] for c in data["canaries"]]
+    inserted = {c["name"]: c["insertions"] for c in data["canaries"]}
+    original = data["results"]["original"]["val_perplexity"]
+    lines = [
+        "# Unlearning methods against the retrained oracle (notebooks 04–06)", "",
+        f"Forgotten: {data['target']} ({inserted[data['target']]}x), every method at its profile default. Retraining took "
+        f"{data['retrain_seconds']:.0f} s. Exact exposure in bits; validation perplexity on 64 blocks.", "",
+        "| model | " + " | ".join(f"{n} ({inserted[n]}x)" if inserted[n] else f"{n} (control)" for n in names)
+        + " | val ppl | forget loss | KL to oracle | seconds | / retraining |",
+        "|---|" + "---:|" * (len(names) + 5),
+    ]
+    for model, r in data["results"].items():
+        rep = data["reports"].get(model)
+        timing = f" {rep['seconds']:.1f} | {rep['seconds'] / data['retrain_seconds']:.3f} |" if rep else " | |"
+        lines.append(f"| {model} | " + " | ".join(f"{r['exposure'][n]:.2f}" for n in names)
+                     + f" | {r['val_perplexity']:.3f} ({r['val_perplexity'] / original - 1:+.1%}) | {r['forget_loss']:.2f} | "
+                     f"{r.get('kl_to_reference', 0.0):.4f} |" + timing)
+    md = out / "unlearning_methods.md"
+    md.write_text("\n".join(lines) + "\n")
+    js = out / "unlearning_methods.json"
+    js.write_text(json.dumps({"versions": library_versions(), **data}, indent=1, default=str))
+    return [md, js]
+
+
+def write_benchmark(result: dict, out: Path) -> list[Path]:
+    """Write the four-corpus benchmark (markdown tables, JSON of every cell and the summary, PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "benchmark.md"
+    md.write_text(benchmark_markdown(result))
+    js = out / "benchmark.json"
+    # every number but the run's own wall time (cells are cached: a second run reads the same numbers)
+    numbers = {k: v for k, v in result.items() if k != "seconds"}
+    js.write_text(json.dumps({"versions": library_versions(), **numbers}, indent=1, default=str))
+    use_style()
+    return [md, js, _save_figure(plot_benchmark(result)[0].figure, out / "benchmark.png")]
+
+
+def write_dp(comparison: dict, out: Path) -> list[Path]:
+    """Write notebook 08's DP-SGD tables (markdown + JSON) and the DP-vs-unlearning figure (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = comparison["config"]
+    parts = ["# DP-SGD on the same canaries (notebook 08)", "",
+             f"Target ε in {list(cfg['epsilons'])} at δ = 1/n (n training windows), clipping bound {cfg['max_grad_norm']:g}, "
+             f"RDP accountant; seed {comparison['seed']}. Exact exposure in bits; validation perplexity on 64 blocks.", ""]
+    panels = [(f"{corpus} ({cfg['run_profile']}-scale model)", study, comparison["unlearning"][corpus])
+              for corpus, study in comparison["curves"].items()]
+    if comparison["own_scale"]:
+        panels.append((f"{comparison['own_scale']['corpus']} ({cfg['profile']}-scale model)", comparison["own_scale"],
+                       comparison["own_scale_unlearning"]))
+    parts += [dp_markdown(study, title) for title, study, _ in panels]
+    md = out / "dp_sgd.md"
+    md.write_text("\n".join(parts))
+    js = out / "dp_sgd.json"
+    js.write_text(json.dumps({"versions": library_versions(), **comparison}, indent=1, default=str))
+    use_style()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (title, study, unlearning) in zip(axes[0], panels):
+        plot_dp_vs_unlearning(study, unlearning, ax).set_title(title, fontsize="small")
+    return [md, js, _save_figure(fig, out / "dp_sgd.png")]
+
+
+def write_case_studies(result: dict, cfg: dict, out: Path) -> list[Path]:
+    """Write notebook 09's two scenarios (markdown tables, JSON of every number, PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "case_studies.md"
+    md.write_text(f"# Real-world case studies (notebook 09)\n\n{cfg['profile']}-scale model on {cfg['corpus']}, "
+                  f"{cfg['secret_length']}-digit secrets; every method at its {cfg['profile']} default against the model "
+                  f"retrained without the requests' data.\n\n" + case_study_markdown(result))
+    js = out / "case_studies.json"
+    js.write_text(json.dumps({"versions": library_versions(), "config": cfg, **result}, indent=1, default=str))
+    use_style()
+    return [md, js, _save_figure(plot_case_study(result)[0].figure, out / "case_studies.png")]
+
+
+def _without_wall_times(value):
+    """``value`` with every ``"seconds"`` entry removed (wall times vary between runs; the JSON must not)."""
+    if isinstance(value, dict):
+        return {k: _without_wall_times(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [_without_wall_times(v) for v in value]
+    return value
+
+
+def robustness_experiment(profile: str, seed: int = 0, device=None) -> dict:
+    """Notebook 10's three studies (cached) and the recommendation table built from them."""
+
+    cfg = RobustnessConfig.for_profile(profile)
+    relearning = relearning_study(cfg, seed, device)[0]
+    sequential = sequential_study(cfg, seed, device)[0]
+    sensitivity = sensitivity_study(cfg, seed, device)[0]
+    seeds = seed_variation(cfg, device)
+    return {"config": cfg.to_dict(), "relearning": relearning, "sequential": sequential, "sensitivity": sensitivity,
+            "seeds": seeds, "recommendations": recommendations(relearning, sequential, sensitivity, seeds)}
+
+
+def write_robustness(result: dict, out: Path) -> list[Path]:
+    """Write notebook 10's tables (markdown, JSON without wall times) and figure (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+
+    cfg = result["config"]
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "robustness.md"
+    md.write_text(f"# Robustness and relearning (notebook 10)\n\n{cfg['run_profile']}-scale models on {cfg['corpus']}; every method "
+                  f"at its {cfg['run_profile']} default. Exposure in bits, exact.\n\n## Relearning attack\n\n"
+                  + relearning_markdown(result["relearning"]) + f"\n\n## {cfg['n_requests']} sequential requests\n\n"
+                  + sequential_markdown(result["sequential"]) + "\n\n## Recommendations\n\n"
+                  + recommendations_markdown(result["recommendations"]) + "\n")
+    js = out / "robustness.json"
+    js.write_text(json.dumps({"versions": library_versions(), **_without_wall_times(result)}, indent=1, default=str))
+    use_style()
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8))
+    plot_relearning(result["relearning"], axes[0, 0])
+    plot_sequential(result["sequential"], axes[0, 1:])
+    plot_sensitivity(result["sensitivity"], axes[1, :2])
+    axes[1, 2].axis("off")
+    return [md, js, _save_figure(fig, out / "robustness.png")]
+
+
+def main(argv: list[str] | None = None) -> int:
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default=None, help="tiny | small | full (default: $TUTORIAL_PROFILE, else auto)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--out", default="results", help="output folder (default: results)")
+    args = parser.parse_args(argv)
+    profile = resolve_profile(args.profile)
+    out = Path(args.out)
+    start = time.perf_counter()
+    print(f"reproduction at profile {profile!r}, seed {args.seed} -> {out}/")
+    result = run_memorization(MemorizationConfig.for_profile(profile), seed=args.seed, device=args.device)
+    print(result.summary())
+    for path in write_memorization(result, out):
+        print(f"  wrote {path}")
+    unlearning = unlearning_experiment(MemorizationConfig.for_profile(profile), seed=args.seed, device=args.device)
+    for path in write_unlearning(unlearning, out):
+        print(f"  wrote {path}")
+
+    bench_cfg = BenchmarkConfig.for_profile(profile)
+    print(f"four-corpus benchmark: {len(bench_cfg.corpora)} corpora x seeds {list(bench_cfg.seeds)}, {bench_cfg.run_profile}-scale models")
+    for path in write_benchmark(run_benchmark(bench_cfg, device=args.device), out):
+        print(f"  wrote {path}")
+
+    dp_cfg = DPComparisonConfig.for_profile(profile)
+    print(f"DP-SGD: target epsilon {list(dp_cfg.epsilons)} on {len(dp_cfg.corpora)} corpora ({dp_cfg.run_profile}-scale models)"
+          + (f" and on shakespeare at the {profile} scale" if dp_cfg.own_scale else ""))
+    for path in write_dp(dp_comparison(dp_cfg, seed=args.seed, device=args.device), out):
+        print(f"  wrote {path}")
+
+    cs_cfg = case_study_config(profile)
+    print(f"case studies (personal data, verbatim text): {cs_cfg.profile}-scale model")
+    result = case_study_experiment(cs_cfg, seed=args.seed, device=args.device)[0]
+    for path in write_case_studies(result, cs_cfg.to_dict(), out):
+        print(f"  wrote {path}")
+    print("robustness: relearning attack, sequential requests, sensitivity")
+    for path in write_robustness(robustness_experiment(profile, seed=args.seed, device=args.device), out):
+        print(f"  wrote {path}")
+    print(f"done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,250 @@
+"""The four-corpus benchmark (notebook 07 and the reproduction's main table): for every corpus and
+seed, train a GPT-2 with canaries, retrain it without the most-inserted one (the oracle), apply every
+unlearning method with its documented default, and measure each against the oracle: exact exposure
+of the forgotten canary, the other inserted canaries and the controls, validation perplexity, KL of
+next-token predictions to the oracle, and wall time against retraining. Each (corpus, seed) cell is
+cached as a JSON result; :func:`summarise` gives mean ± std over seeds.
+
+Scale: the CPU benchmark (``small``) trains the ``tiny`` profile's models (2 × 64 GPT-2, the first
+60 kB of each corpus, 4-digit secrets) so that 4 corpora × 3 seeds × (2 trainings + 6 methods) fit in
+well under 30 minutes on 2 cores; the methods use their ``tiny`` defaults, chosen by the same sweeps
+as notebooks 04–06. ``full`` runs the ``small`` profile's models per corpus (notebooks 03–06's scale).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.cache import cached_result, result_path
+from ..core.data import CORPORA
+from ..core.profiles import progress_options, resolve_profile
+from ..unlearning.api import METHODS
+from .memorization import MemorizationConfig
+from .sweeps import baseline_grid, trace_sweep, unlearning_setup
+
+BENCHMARK_METHODS = ("fisher_removal", "fisher_forgetting", "gradient_ascent", "gradient_difference", "npo", "fine_tune")
+
+
+MODELS = ("original", "retrained") + BENCHMARK_METHODS
+
+
+COLOURS = {"original": "black", "retrained": "green", "fisher_removal": "C0", "fisher_forgetting": "C9", "gradient_ascent": "C3",
+           "gradient_difference": "C1", "npo": "C4", "fine_tune": "C2"}
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Which corpora, seeds and methods; ``run_profile`` is the profile of each run's
+    :class:`~tutorial_lib.memorization.MemorizationConfig` and of the methods' defaults;
+    ``ga_sweep`` adds, for the first seed, gradient ascent over learning rate × steps (claim C2)."""
+
+    profile: str = "small"
+    corpora: tuple[str, ...] = tuple(CORPORA)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = BENCHMARK_METHODS
+    run_profile: str = "tiny"
+    ga_sweep: bool = True
+
+    def __post_init__(self):
+
+        for name in self.corpora:
+            if name not in CORPORA:
+                raise ValueError(f"unknown corpus {name!r}; expected one of {', '.join(CORPORA)}")
+        for name in self.methods:
+            if name not in METHODS:
+                raise ValueError(f"unknown unlearning method {name!r}; expected one of {', '.join(METHODS)}")
+        if not self.corpora or not self.seeds:
+            raise ValueError("the benchmark needs at least one corpus and one seed")
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides) -> "BenchmarkConfig":
+        """``tiny``: two corpora, one seed (tests); ``small``: four corpora, three seeds at the tiny
+        model scale (CPU); ``full``: four corpora, three seeds at the small model scale."""
+
+        profile = resolve_profile(profile)
+        base = {
+            "tiny": dict(corpora=("shakespeare", "bible"), seeds=(0,), run_profile="tiny"),
+            "small": dict(run_profile="tiny"),
+            "full": dict(run_profile="small"),
+        }[profile]
+        return cls(profile=profile, **{**base, **overrides})
+
+    def run_config(self, corpus: str) -> MemorizationConfig:
+        return MemorizationConfig.for_profile(self.run_profile, corpus=corpus)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _row(result: dict, setup, target: str) -> dict:
+    inserted = {c.name: c.insertions for c in setup.canaries}
+    others = [n for n, k in inserted.items() if k > 1 and n != target]
+    controls = [n for n, k in inserted.items() if k == 0]
+    return {
+        "exposure": result["exposure"],
+        "forgotten_exposure": result["exposure"][target],
+        "other_inserted_exposure": float(np.mean([result["exposure"][n] for n in others])) if others else math.nan,
+        "control_exposure": float(np.mean([result["exposure"][n] for n in controls])),
+        "val_perplexity": result["val_perplexity"],
+        "forget_loss": result["forget_loss"],
+        "kl_to_retrained": result.get("kl_to_reference", 0.0),
+    }
+
+
+def _cell_key(cfg: BenchmarkConfig, corpus: str, seed: int) -> dict:
+    return {"benchmark": cfg.run_profile, "run": cfg.run_config(corpus).to_dict(), "seed": seed, "methods": list(cfg.methods),
+            "ga_sweep": cfg.ga_sweep and seed == cfg.seeds[0]}
+
+
+def cells_cached(cfg: BenchmarkConfig) -> bool:
+    """Whether every (corpus, seed) cell of ``cfg`` is already in the result cache."""
+
+    return all(result_path("benchmark_cell", _cell_key(cfg, c, s), modules=("experiments/benchmark.py",)).is_file()
+               for c in cfg.corpora for s in cfg.seeds)
+
+
+def benchmark_cell(cfg: BenchmarkConfig, corpus: str, seed: int, device=None, use_cache: bool = True,
+                   progress: bool = False) -> tuple[dict, bool]:
+    """One corpus and seed: every model's row (see :func:`run_benchmark`); ``(result, from_cache)``."""
+
+    run_cfg = cfg.run_config(corpus)
+
+    def compute():
+        setup = unlearning_setup(run_cfg, seed, device, progress=progress)
+        target, names = setup.target.name, [c.name for c in setup.canaries]
+        rows = {"original": _row(setup.evaluate(setup.model, names=names), setup, target),
+                "retrained": _row(setup.evaluate(setup.retrained, names=names), setup, target)}
+        rows["retrained"]["seconds"] = setup.retrain_seconds
+        for method in cfg.methods:
+            start = time.perf_counter()
+            unlearned, report = setup.unlearn(method, METHODS[method].config.for_profile(cfg.run_profile))
+            seconds = time.perf_counter() - start
+            rows[method] = {**_row(setup.evaluate(unlearned, names=names), setup, target), "seconds": seconds,
+                            "fraction_of_retraining": seconds / setup.retrain_seconds, "update_norm": report.update_norm}
+        out = {"corpus": corpus, "seed": seed, "target": target, "canaries": [c.to_dict() for c in setup.canaries], "rows": rows}
+        if cfg.ga_sweep and seed == cfg.seeds[0]:
+
+            grid = baseline_grid(cfg.run_profile)
+            base = METHODS["gradient_ascent"].config.for_profile(cfg.run_profile)
+            out["ga_sweep"] = trace_sweep(setup, "gradient_ascent", base, grid["lr"], grid["steps"], candidates=None, progress=progress)
+        return out
+
+    return cached_result("benchmark_cell", _cell_key(cfg, corpus, seed), compute, use_cache=use_cache, modules=("experiments/benchmark.py",))
+
+
+def run_benchmark(cfg: BenchmarkConfig, device=None, use_cache: bool = True, progress: bool = True) -> dict:
+    """Every (corpus, seed) cell, with a progress bar over the whole run and its remaining-time
+    estimate; returns {"config", "cells": [...], "summary": :func:`summarise`, "seconds"}."""
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    cells = []
+    jobs = [(corpus, seed) for corpus in cfg.corpora for seed in cfg.seeds]
+    with tqdm(jobs, desc="benchmark (corpus x seed)", **progress_options(progress), unit="cell") as bar:
+        for corpus, seed in bar:
+            bar.set_postfix_str(f"{corpus}, seed {seed}")
+            cells.append(benchmark_cell(cfg, corpus, seed, device, use_cache=use_cache)[0])
+    return {"config": cfg.to_dict(), "cells": cells, "summary": summarise(cells), "seconds": time.perf_counter() - start}
+
+
+METRICS = ("forgotten_exposure", "other_inserted_exposure", "control_exposure", "val_perplexity", "kl_to_retrained", "seconds",
+           "fraction_of_retraining")
+
+
+def _mean_std(values: list[float]) -> dict:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
+def summarise(cells: list[dict]) -> dict:
+    """Per corpus and model: mean and (sample) std over seeds of every metric, the distance to the
+    retrained model (|Δ exposure| of the forgotten canary, perplexity ratio), and, with a gradient
+    ascent sweep, the C2 comparison: Fisher Removal's perplexity against the lowest perplexity of a
+    gradient-ascent setting that reaches Fisher Removal's exposure or lower."""
+    out: dict = {}
+    for corpus in dict.fromkeys(c["corpus"] for c in cells):
+        mine = [c for c in cells if c["corpus"] == corpus]
+        table = {}
+        for model in mine[0]["rows"]:
+            stats = {}
+            for metric in METRICS:
+                values = [c["rows"][model][metric] for c in mine if metric in c["rows"][model]]
+                if values:
+                    stats[metric] = _mean_std(values)
+            gaps = [abs(c["rows"][model]["forgotten_exposure"] - c["rows"]["retrained"]["forgotten_exposure"]) for c in mine]
+            ratios = [c["rows"][model]["val_perplexity"] / c["rows"]["retrained"]["val_perplexity"] for c in mine]
+            stats["exposure_gap_to_retrained"] = _mean_std(gaps)
+            stats["perplexity_ratio_to_retrained"] = _mean_std(ratios)
+            table[model] = stats
+        out[corpus] = {"seeds": [c["seed"] for c in mine], "models": table, "c2": _c2(mine)}
+    return out
+
+
+def _c2(cells: list[dict]) -> dict | None:
+    cell = next((c for c in cells if "ga_sweep" in c), None)
+    if cell is None or "fisher_removal" not in cell["rows"]:
+        return None
+    fr = cell["rows"]["fisher_removal"]
+    reach = [r for r in cell["ga_sweep"] if "error" not in r and r["exposure"][cell["target"]] <= fr["forgotten_exposure"]]
+    best = min(reach, key=lambda r: r["val_perplexity"]) if reach else None
+    return {"seed": cell["seed"], "fisher_removal": {"exposure": fr["forgotten_exposure"], "val_perplexity": fr["val_perplexity"]},
+            "best_gradient_ascent": None if best is None else {"params": best["params"], "exposure": best["exposure"][cell["target"]],
+                                                               "val_perplexity": best["val_perplexity"]},
+            "holds": best is None or fr["val_perplexity"] < best["val_perplexity"]}
+
+
+def _pm(stat: dict | None, digits: int = 2) -> str:
+    if stat is None or math.isnan(stat["mean"]):
+        return ""
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def benchmark_markdown(result: dict) -> str:
+    """The benchmark's tables, one per corpus, and the C2 line under each."""
+    cfg = result["config"]
+    lines = [f"# Four-corpus unlearning benchmark ({cfg['profile']} profile: {cfg['run_profile']}-scale models, "
+             f"seeds {', '.join(map(str, cfg['seeds']))})", "",
+             "Mean ± std over seeds. Exposure in bits (exact, over every candidate); perplexity on validation text; "
+             "KL of next-token predictions to the retrained model (nats/token); time against retraining.", ""]
+    for corpus, data in result["summary"].items():
+        lines += [f"## {corpus}", "",
+                  "| model | forgotten canary | other inserted | controls | \\|Δ\\| to retrained | val ppl | ppl / retrained | KL to retrained | seconds | / retraining |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for model, s in data["models"].items():
+            lines.append(f"| {model} | {_pm(s.get('forgotten_exposure'))} | {_pm(s.get('other_inserted_exposure'))} | "
+                         f"{_pm(s.get('control_exposure'))} | {_pm(s.get('exposure_gap_to_retrained'))} | {_pm(s.get('val_perplexity'), 3)} | "
+                         f"{_pm(s.get('perplexity_ratio_to_retrained'), 3)} | {_pm(s.get('kl_to_retrained'), 4)} | {_pm(s.get('seconds'), 1)} | "
+                         f"{_pm(s.get('fraction_of_retraining'), 3)} |")
+        c2 = data["c2"]
+        if c2:
+            ga = c2["best_gradient_ascent"]
+            lines += ["", f"C2 (seed {c2['seed']}): Fisher Removal at {c2['fisher_removal']['exposure']:.2f} bits, val ppl "
+                      f"{c2['fisher_removal']['val_perplexity']:.3f}; best gradient ascent at that exposure or lower: "
+                      + ("none in the sweep" if ga is None else f"{ga['val_perplexity']:.3f} (lr {ga['params']['lr']:g}, "
+                         f"{ga['params']['steps']} steps, {ga['exposure']:.2f} bits)") + f" -> {'holds' if c2['holds'] else 'does not hold'}."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_benchmark(result: dict, axes=None):
+    """Exposure of the forgotten canary against validation perplexity, one panel per corpus, every
+    model in its colour (mean over seeds, std as error bars). Notebook 07."""
+    import matplotlib.pyplot as plt
+
+    summary = result["summary"]
+    if axes is None:
+        _, axes = plt.subplots(1, len(summary), figsize=(4.2 * len(summary), 3.8), squeeze=False)
+        axes = axes[0]
+    for ax, (corpus, data) in zip(axes, summary.items()):
+        for model, s in data["models"].items():
+            x, y = s["val_perplexity"], s["forgotten_exposure"]
+            ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="*" if model == "retrained" else "o",
+                        ms=12 if model == "retrained" else 6, color=COLOURS.get(model, "grey"), label=model.replace("_", " "), capsize=2)
+        ax.set(title=corpus, xlabel="validation perplexity", xscale="log")
+    axes[0].set_ylabel("exposure of the forgotten canary (bits)")
+    axes[-1].legend(fontsize="x-small", loc="best")
+    return axes

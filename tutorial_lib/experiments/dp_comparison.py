@@ -1,0 +1,255 @@
+"""DP-SGD on the same GPT-2s, data and canaries (notebook 08): Opacus' ``PrivacyEngine`` with
+per-example clipping, Poisson sampling, Gaussian noise and the RDP accountant.
+
+Training with differential privacy from the start is the alternative to unlearning afterwards. A run
+is defined by the memorisation run it replaces (:class:`~tutorial_lib.memorization.MemorizationConfig`:
+corpus, canaries, model, optimiser, steps) plus a :class:`DPConfig` (target ε, δ, clipping bound).
+The training text is cut into non-overlapping windows of ``block_size + 1`` tokens, the *examples*
+that ε and δ are about; each step takes every window with probability q = batch_size / n (Poisson
+sampling), so a step sees ``batch_size`` windows on average and ``steps`` steps make
+``steps * batch_size / n`` epochs, the same budget as the non-private run.
+
+Two details matter for GPT-2 under Opacus (1.6) and transformers (5.x):
+
+* the model must be called with ``position_ids`` for the whole batch, shape (B, T). Without them
+  GPT-2 builds positions of shape (1, T), and the position embedding's per-sample gradients come
+  out with a batch dimension of 1 instead of B (:func:`position_ids`);
+* HF's ``Conv1D`` (GPT-2's attention and MLP projections) has no Opacus grad sampler, so Opacus
+  would fall back to ``torch.func`` for it. :func:`register_conv1d_grad_sampler` registers one
+  (a Linear layer with its weight transposed: one einsum per parameter); ``bench/dp_step.py``
+  measures both against a plain step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+from ..core.cache import (
+    cache_root,
+    cached_result,
+    config_key,
+    load_run,
+    result_path,
+    save_run,
+)
+from ..core.data import CORPORA, corpus_path, sha256_file
+from ..core.evaluation import compute_loss, tokenize_lines
+from ..core.models import load_pretrained, make_model
+from ..core.profiles import progress_options, resolve_device, resolve_profile
+from ..privacy.dp import EPSILONS, DPConfig, train_dp_language_model
+from ..privacy.exposure import compute_exposure
+from .benchmark import COLOURS, BenchmarkConfig, benchmark_cell
+from .memorization import (
+    MemorizationConfig,
+    prepare_memorization,
+    train_memorization_model,
+)
+from .sweeps import unlearning_experiment
+
+#: fingerprinted for this module's cached results (:func:`~tutorial_lib.core.cache.code_fingerprint`)
+DP_MODULES = ("privacy/dp.py", "experiments/dp_comparison.py")
+
+
+def train_dp_model(cfg: MemorizationConfig, dp: DPConfig, seed: int = 0, device: str | None = None, cache_dir=None,
+                   progress: bool = True):
+    """Train (or load from the cache) the DP-SGD counterpart of the memorisation run ``cfg``: same
+    corpus, canaries, model and steps. Returns ``(model, tokenizer, canaries, splits, record,
+    from_cache)``; ``record["privacy"]`` holds σ, δ and the spent ε. Notebook 08."""
+    device = resolve_device(device)
+    pretrained = load_pretrained(cfg.model.pretrained_path, device=device) if cfg.model.pretrained_path else None
+    splits, tokenizer, canaries, inserted = prepare_memorization(cfg, seed, pretrained[1] if pretrained else None)
+    run_config = {"kind": "dp-sgd", "seed": seed, "data_sha256": sha256_file(corpus_path(cfg.corpus)), **cfg.to_dict(),
+                  "dp": dp.to_dict()}
+    run_config.pop("estimate_samples")
+    folder = cache_root(cache_dir) / f"dp-{config_key(run_config)}"
+    if (folder / "run.json").is_file():
+        model, tokenizer, record = load_run(folder, run_config, device=device)
+        return model, tokenizer, canaries, splits, record, True
+    model = pretrained[0] if pretrained else make_model(cfg.model, len(tokenizer), seed=seed, device=device)
+    train_ids = tokenize_lines(tokenizer, inserted.lines)
+    val_ids = tokenize_lines(tokenizer, splits.validation)
+    start = time.perf_counter()
+    history, privacy = train_dp_language_model(model, train_ids, val_ids, cfg.train, dp, seed=seed, device=device, progress=progress)
+    record = {"history": history.to_dict(), "privacy": privacy, "train_seconds": time.perf_counter() - start}
+    save_run(folder, model, tokenizer, run_config, record)
+    return model, tokenizer, canaries, splits, record, False
+
+
+# ----------------------------------------------------------------------------------- the study
+def dp_study(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS, seed: int = 0, device=None, max_grad_norm: float = 1.0,
+             candidates: int | None = None, use_cache: bool = True, progress: bool = True) -> tuple[dict, bool]:
+    """DP-SGD at each target ε (δ = 1/n) next to the non-private run, on the memorisation run ``cfg``:
+    exposure of every canary (exact, or among ``candidates`` sampled secrets), validation
+    perplexity, σ and the spent ε (``None`` for the non-private run: ε = ∞), training time. Cached:
+    ``(result, from_cache)``. Rows are in the order non-private, then decreasing ε. Notebook 08 and the reproduction's DP table."""
+
+    epsilons = tuple(sorted({float(e) for e in epsilons}, reverse=True))
+    for e in epsilons:
+        DPConfig(target_epsilon=e, max_grad_norm=max_grad_norm)  # validates before any training
+
+    def evaluate(model, tokenizer, canaries, splits) -> dict:
+        val_ids = tokenize_lines(tokenizer, splits.validation)
+        val = compute_loss(model, val_ids, cfg.train.block_size, max_blocks=64)
+        return {"exposure": {c.name: compute_exposure(model, tokenizer, c, candidates=candidates).exposure for c in canaries},
+                "val_loss": val, "val_perplexity": math.exp(val)}
+
+    def compute():
+        model, tokenizer, canaries, splits, record, _ = train_memorization_model(cfg, seed=seed, device=device, progress=progress)
+        rows = [{"label": "non-private", "target_epsilon": None, "epsilon": None, "noise_multiplier": 0.0,
+                 "train_seconds": record["train_seconds"], **evaluate(model, tokenizer, canaries, splits)}]
+        for eps in epsilons:
+            model, tokenizer, canaries, splits, record, _ = train_dp_model(
+                cfg, DPConfig(target_epsilon=eps, max_grad_norm=max_grad_norm), seed=seed, device=device, progress=progress)
+            p = record["privacy"]
+            rows.append({"label": f"eps = {eps:g}", "target_epsilon": eps, "epsilon": p["epsilon"], "noise_multiplier": p["noise_multiplier"],
+                         "delta": p["delta"], "sample_rate": p["sample_rate"], "epochs": p["epochs"],
+                         "train_seconds": record["train_seconds"], **evaluate(model, tokenizer, canaries, splits)})
+        return {"corpus": cfg.corpus, "canaries": [c.to_dict() for c in canaries], "rows": rows}
+
+    return cached_result("dp_study", _study_key(cfg, epsilons, seed, max_grad_norm, candidates), compute, use_cache=use_cache,
+                         modules=DP_MODULES)
+
+
+def _study_key(cfg: MemorizationConfig, epsilons, seed: int, max_grad_norm: float, candidates: int | None) -> dict:
+    return {"run": cfg.to_dict(), "seed": seed, "epsilons": sorted({float(e) for e in epsilons}, reverse=True),
+            "max_grad_norm": max_grad_norm, "candidates": candidates}
+
+
+def dp_study_cached(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS, seed: int = 0, max_grad_norm: float = 1.0,
+                    candidates: int | None = None) -> bool:
+    """Whether :func:`dp_study` with these arguments is already in the result cache."""
+
+    return result_path("dp_study", _study_key(cfg, epsilons, seed, max_grad_norm, candidates), modules=DP_MODULES).is_file()
+
+
+def dp_for_profile(profile: str) -> dict:
+    """Which runs notebook 08 and the reproduction make at each profile: the corpora of the
+    per-corpus curve and the profile of their memorisation runs, and whether the notebook's own
+    profile gets a Shakespeare run at its model scale too (``small``: tiny-scale models for the
+    four corpora, like the benchmark, plus the small model on Shakespeare in the reproduction)."""
+
+    profile = resolve_profile(profile)
+    return {"tiny": {"corpora": ("shakespeare",), "run_profile": "tiny"},
+            "small": {"corpora": tuple(CORPORA), "run_profile": "tiny"},
+            "full": {"corpora": tuple(CORPORA), "run_profile": "small"}}[profile]
+
+
+# ----------------------------------------------------------------------------------- notebook 08's comparison
+@dataclass(frozen=True)
+class DPComparisonConfig:
+    """The DP-SGD runs of notebook 08 and the reproduction: the privacy–utility curve (``epsilons``)
+    on each of ``corpora`` at the ``run_profile`` model scale, next to the unlearning methods of the
+    four-corpus benchmark on the same models (its one-seed cells), and, when ``own_scale`` is set,
+    DP-SGD at ``own_scale_epsilons`` on Shakespeare at the profile's own model scale, next to the
+    unlearning methods on notebook 04's model.
+
+    ``small``: the tiny-scale models of the benchmark for the four corpora (CPU), plus the small
+    model on Shakespeare at ε = 1 in the reproduction (a DP run of the small model takes about
+    3 minutes on 2 cores); ``tiny``: Shakespeare only; ``full``: the small-scale models for the
+    four corpora, plus the full model at every ε."""
+
+    profile: str = "small"
+    corpora: tuple[str, ...] = ()
+    run_profile: str = "tiny"
+    epsilons: tuple[float, ...] = EPSILONS
+    max_grad_norm: float = 1.0
+    own_scale: bool = True
+    own_scale_epsilons: tuple[float, ...] = (1.0,)
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides) -> "DPComparisonConfig":
+
+        profile = resolve_profile(profile)
+        base = {"tiny": dict(corpora=("shakespeare",), run_profile="tiny", own_scale=False),
+                "small": dict(corpora=tuple(CORPORA), run_profile="tiny"),
+                "full": dict(corpora=tuple(CORPORA), run_profile="small", own_scale_epsilons=EPSILONS)}[profile]
+        return cls(profile=profile, **{**base, **overrides})
+
+    def run_config(self, corpus: str) -> MemorizationConfig:
+        return MemorizationConfig.for_profile(self.run_profile, corpus=corpus)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def dp_comparison(cfg: DPComparisonConfig, seed: int = 0, device=None, own_scale: bool | None = None, progress: bool = True) -> dict:
+    """Every DP study of ``cfg`` and, per corpus, the unlearning benchmark's cell on the same model
+    (original, retrained, Fisher Removal, Fisher Forgetting, the baselines): ``{"config", "curves":
+    {corpus: dp_study}, "unlearning": {corpus: benchmark rows}, "own_scale": dp_study or None}``.
+    Everything is cached; ``own_scale`` overrides ``cfg.own_scale``."""
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+
+    bench = dataclasses.replace(BenchmarkConfig.for_profile(cfg.profile), corpora=cfg.corpora, seeds=(seed,),
+                                run_profile=cfg.run_profile)
+    curves, unlearning = {}, {}
+    for corpus in tqdm(cfg.corpora, desc="DP-SGD (corpus)", **progress_options(progress)):
+        curves[corpus] = dp_study(cfg.run_config(corpus), cfg.epsilons, seed, device, cfg.max_grad_norm, progress=False)[0]
+        cell = benchmark_cell(bench, corpus, seed, device)[0]
+        unlearning[corpus] = {"target": cell["target"], "rows": cell["rows"]}
+    own = own_unlearning = None
+    if cfg.own_scale if own_scale is None else own_scale:
+
+        own_cfg = MemorizationConfig.for_profile(cfg.profile)
+        own = dp_study(own_cfg, cfg.own_scale_epsilons, seed, device, cfg.max_grad_norm, progress=progress)[0]
+        methods = unlearning_experiment(own_cfg, seed, device)
+        names = {"retrained oracle": "retrained"}
+        own_unlearning = {"target": methods["target"], "rows": {names.get(k, k): v for k, v in methods["results"].items()}}
+    return {"config": cfg.to_dict(), "seed": seed, "curves": curves, "unlearning": unlearning, "own_scale": own,
+            "own_scale_unlearning": own_unlearning}
+
+
+def _by_insertions(study: dict) -> list[tuple[str, int]]:
+    return sorted(((c["name"], c["insertions"]) for c in study["canaries"]), key=lambda t: -t[1] if t[1] else 1)
+
+
+def dp_markdown(study: dict, title: str | None = None) -> str:
+    """One DP study as a markdown table: every run's spent ε, σ, validation perplexity and the
+    exposure of every canary (inserted counts in the header)."""
+    canaries = _by_insertions(study)
+    base = study["rows"][0]["val_perplexity"]
+    lines = [f"**{title or study['corpus']}**", "",
+             "| run | ε spent | σ | val ppl | " + " | ".join(f"{n} ({k}x)" if k else f"{n} (control)" for n, k in canaries) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(canaries)]
+    for r in study["rows"]:
+        eps = "∞" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        lines.append(f"| {r['label']} | {eps} | {r['noise_multiplier']:.2f} | {r['val_perplexity']:.2f} ({r['val_perplexity'] / base - 1:+.0%}) | "
+                     + " | ".join(f"{r['exposure'][n]:.2f}" for n, _ in canaries) + " |")
+    return "\n".join(lines) + "\n"
+
+
+UNLEARNING_POINTS = ("original", "retrained", "fisher_removal", "fisher_forgetting", "gradient_ascent", "gradient_difference")
+
+
+def plot_dp_vs_unlearning(study: dict, unlearning: dict | None = None, ax=None, insertions: int | None = None):
+    """Exposure of the most-inserted canary (or the one inserted ``insertions`` times) against
+    validation perplexity: the DP-SGD runs as a curve over ε, and, when ``unlearning`` (a benchmark
+    cell's rows on the same model) is given, the unlearning methods in the benchmark's colours and
+    the retrained model as the star. Notebook 08."""
+    import matplotlib.pyplot as plt
+
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4))
+    canaries = _by_insertions(study)
+    name, k = next(((n, k) for n, k in canaries if k == insertions), canaries[0]) if insertions else canaries[0]
+    rows = study["rows"]
+    dp_rows = [r for r in rows if r["target_epsilon"] is not None]
+    ax.plot([r["val_perplexity"] for r in dp_rows], [r["exposure"][name] for r in dp_rows], "D-", color="C5", label="DP-SGD")
+    for r in dp_rows:
+        ax.annotate(f"ε={r['target_epsilon']:g}", (r["val_perplexity"], r["exposure"][name]), fontsize="x-small",
+                    xytext=(4, 4), textcoords="offset points")
+    if unlearning is None or unlearning["target"] != name:
+        ax.plot(rows[0]["val_perplexity"], rows[0]["exposure"][name], "ks", ms=8, label="non-private (original)")
+    else:
+        for model in UNLEARNING_POINTS:
+            r = unlearning["rows"][model]
+            ax.plot(r["val_perplexity"], r["exposure"][name], "*" if model == "retrained" else ("s" if model == "original" else "o"),
+                    ms=14 if model == "retrained" else 7, color=COLOURS[model],
+                    label="non-private (original)" if model == "original" else model.replace("_", " "))
+    ax.set(xlabel="validation perplexity", ylabel=f"exposure of {name} ({k}x, bits)", title=study["corpus"])
+    ax.legend(fontsize="x-small")
+    return ax

@@ -1,0 +1,236 @@
+"""The memorisation experiment of notebook 03: train a GPT-2 on a corpus with canaries inserted
+1, 10 and 100 times, then measure exact exposure (and its skew-normal estimate) of every canary and
+control, exposure over training steps, and perplexity. The reproduction command runs it too.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+from ..core.cache import cache_root, config_key, load_run, save_run
+from ..core.canaries import Canary, RandomnessSpace, insert_canaries, make_canaries
+from ..core.data import CORPORA, corpus_path, load_corpus, sha256_file
+from ..core.evaluation import compute_perplexity, tokenize_lines
+from ..core.models import ModelConfig, count_parameters, load_pretrained, make_model
+from ..core.profiles import progress_options, resolve_device, resolve_profile
+from ..core.tokenization import make_byte_tokenizer
+from ..core.training import TrainConfig, train_language_model
+from ..privacy.exposure import compute_exposure, estimate_exposure
+
+
+@dataclass(frozen=True)
+class MemorizationConfig:
+    """Everything that defines a memorisation run except the seed and the device."""
+
+    profile: str = "small"
+    corpus: str = "shakespeare"
+    max_chars: int | None = None
+    insertions: tuple[int, ...] = (1, 10, 100)
+    per_insertion: int = 1
+    n_controls: int = 3
+    secret_length: int = 6
+    estimate_samples: int = 5000
+    track_exposure: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.corpus not in CORPORA:
+            raise ValueError(f"unknown corpus {self.corpus!r}; expected one of {', '.join(CORPORA)}")
+        for k in self.insertions:
+            if k < 0:
+                raise ValueError(f"insertions must be >= 0, got k = {k}")
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides) -> "MemorizationConfig":
+        """Defaults for ``tiny`` (seconds), ``small`` (CPU, minutes) and ``full`` (GPU)."""
+        profile = resolve_profile(profile)
+        base = {
+            "tiny": dict(max_chars=60_000, secret_length=4, n_controls=2, estimate_samples=500),
+            "small": dict(),
+            "full": dict(per_insertion=2, n_controls=4, estimate_samples=20_000),
+        }[profile]
+        cfg = cls(profile=profile, model=ModelConfig.for_profile(profile), train=TrainConfig.for_profile(profile), **base)
+        return replace(cfg, **overrides)
+
+    @property
+    def space(self) -> RandomnessSpace:
+        return RandomnessSpace(self.secret_length)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["insertions"] = list(self.insertions)
+        out["train"]["eval_steps"] = list(self.train.eval_steps)
+        return out
+
+
+@dataclass
+class MemorizationResult:
+    """What :func:`run_memorization` measured. Exposures in bits; perplexities per token."""
+
+    config: dict
+    seed: int
+    canaries: list[dict]
+    exposures: list[dict]
+    estimates: list[dict]
+    trajectory: dict[str, list[list[float]]]
+    history: dict
+    val_perplexity: float
+    test_perplexity: float
+    n_parameters: int
+    train_seconds: float
+    exposure_seconds: float
+    from_cache: bool = False
+
+    @property
+    def max_bits(self) -> float:
+        return math.log2(self.exposures[0]["space_size"])
+
+    def exposure_of(self, insertions: int) -> list[float]:
+        """Exact exposures of the canaries inserted ``insertions`` times (0 = controls)."""
+        return [e["exposure"] for e in self.exposures if e["insertions"] == insertions]
+
+    def rows(self) -> list[dict]:
+        """One row per canary: name, insertions, exact and estimated exposure, estimate error, rank."""
+        rows = []
+        for e, est in zip(self.exposures, self.estimates):
+            rows.append(
+                dict(name=e["name"], insertions=e["insertions"], exposure=e["exposure"], estimate=est["exposure"],
+                     estimate_error=est["exposure"] - e["exposure"], rank=e["rank"], seconds=e["seconds"])
+            )
+        return rows
+
+    def table_markdown(self) -> str:
+        lines = [
+            f"Exposure of canaries (|R| = {self.exposures[0]['space_size']:,}, max {self.max_bits:.2f} bits); "
+            f"validation perplexity {self.val_perplexity:.2f}, test perplexity {self.test_perplexity:.2f}.",
+            "",
+            "| canary | inserted | exact exposure (bits) | skew-normal estimate (bits) | estimate error (bits) | rank | exact time (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in self.rows():
+            lines.append(
+                f"| {r['name']} | {r['insertions']}x | {r['exposure']:.2f} | {r['estimate']:.2f} | "
+                f"{r['estimate_error']:+.2f} | {r['rank']:,} | {r['seconds']:.1f} |"
+            )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        parts = [f"{k}x: " + ", ".join(f"{x:.1f}" for x in self.exposure_of(k)) for k in sorted({e["insertions"] for e in self.exposures})]
+        return (
+            f"{self.n_parameters:,}-parameter GPT-2 on {self.config['corpus']}, seed {self.seed}: exposure (bits) "
+            + "; ".join(parts)
+            + f"; val ppl {self.val_perplexity:.2f}; trained in {self.train_seconds:.0f} s"
+            + (" (loaded from cache)" if self.from_cache else "")
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _tracked(canaries: list[Canary]) -> list[Canary]:
+    """The first canary of each non-zero insertion count: tracked over training."""
+    seen, out = set(), []
+    for c in canaries:
+        if c.insertions and c.insertions not in seen:
+            seen.add(c.insertions)
+            out.append(c)
+    return out
+
+
+def prepare_memorization(cfg: MemorizationConfig, seed: int = 0, tokenizer=None):
+    """Corpus splits, tokenizer, canaries and the training lines with canaries inserted."""
+    splits = load_corpus(cfg.corpus, cfg.max_chars)
+    tokenizer = tokenizer or make_byte_tokenizer()
+    canaries = make_canaries(cfg.insertions, cfg.per_insertion, cfg.n_controls, cfg.space, seed=seed)
+    inserted = insert_canaries(splits.train, canaries, seed=seed)
+    return splits, tokenizer, canaries, inserted
+
+
+def train_memorization_model(cfg: MemorizationConfig, seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True,
+                             without: tuple[str, ...] = ()):
+    """Train (or load from the cache) the model of a memorisation run.
+    Returns ``(model, tokenizer, canaries, splits, record, from_cache)``. Notebook 03, "Training".
+
+    ``without`` names canaries whose inserted lines are dropped from the training text, everything
+    else (seed, budget, the other lines and their order) unchanged: the **retrained oracle** that
+    unlearning is measured against (notebook 04). See :func:`train_retrained_model`."""
+    device = resolve_device(device)
+    pretrained = None
+    if cfg.model.pretrained_path:
+        pretrained = load_pretrained(cfg.model.pretrained_path, device=device)
+    splits, tokenizer, canaries, inserted = prepare_memorization(cfg, seed, pretrained[1] if pretrained else None)
+    names = {c.name for c in canaries}
+    unknown = sorted(set(without) - names)
+    if unknown:
+        raise ValueError(f"unknown canary names {unknown}; this run has {sorted(names)}")
+    run_config = {"kind": "memorization", "seed": seed, "data_sha256": sha256_file(corpus_path(cfg.corpus)), **cfg.to_dict()}
+    run_config.pop("estimate_samples")  # evaluation setting only
+    if without:
+        run_config["without"] = sorted(without)
+    folder = cache_root(cache_dir) / f"memorization-{config_key(run_config)}"
+    if (folder / "run.json").is_file():
+        model, tokenizer, record = load_run(folder, run_config, device=device)
+        return model, tokenizer, canaries, splits, record, True
+    model = pretrained[0] if pretrained else make_model(cfg.model, len(tokenizer), seed=seed, device=device)
+    dropped = {i for name in without for i in inserted.positions[name]}
+    train_lines = [line for i, line in enumerate(inserted.lines) if i not in dropped]
+    train_ids = tokenize_lines(tokenizer, train_lines)
+    val_ids = tokenize_lines(tokenizer, splits.validation)
+    tracked = [c for c in _tracked(canaries)] if cfg.track_exposure and not without else []
+    trajectory: dict[str, list[list[float]]] = {c.name: [] for c in tracked}
+
+    def on_eval(step, current):
+        for c in tracked if step < cfg.train.steps else []:
+            trajectory[c.name].append([step, compute_exposure(current, tokenizer, c, device=device).exposure])
+
+    start = time.perf_counter()
+    history = train_language_model(model, train_ids, val_ids, cfg.train, seed=seed, device=device, on_eval=on_eval, progress=progress)
+    train_seconds = time.perf_counter() - start
+    record = {"history": history.to_dict(), "trajectory": trajectory, "train_seconds": train_seconds, "train_lines": len(train_lines)}
+    save_run(folder, model, tokenizer, run_config, record)
+    return model, tokenizer, canaries, splits, record, False
+
+
+def train_retrained_model(cfg: MemorizationConfig, without: tuple[str, ...], seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True):
+    """The gold standard of unlearning: the same run retrained from scratch without the canaries
+    named in ``without`` (same seed, same number of steps), cached like the original. Returns what
+    :func:`train_memorization_model` returns. Notebook 04, "The retrained oracle"."""
+    if not without:
+        raise ValueError("name at least one canary to retrain without")
+    return train_memorization_model(cfg, seed, device, cache_dir, progress, without=tuple(without))
+
+
+def run_memorization(cfg: MemorizationConfig, seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True) -> MemorizationResult:
+    """Train (or load) the model, then measure exact exposure of every canary and control, the
+    skew-normal estimate beside it, and validation / test perplexity. Notebook 03, "The experiment"."""
+    from tqdm.auto import tqdm
+
+    device = resolve_device(device)
+    model, tokenizer, canaries, splits, record, cached = train_memorization_model(cfg, seed, device, cache_dir, progress)
+    start = time.perf_counter()
+    exposures, estimates = [], []
+    for c in tqdm(canaries, desc="exposure", **progress_options(progress)):
+        exposures.append(compute_exposure(model, tokenizer, c, device=device).to_dict())
+        estimates.append(estimate_exposure(model, tokenizer, c, n_samples=cfg.estimate_samples, seed=seed, device=device).to_dict())
+    exposure_seconds = time.perf_counter() - start
+    trajectory = {name: list(points) for name, points in record["trajectory"].items()}
+    for name in trajectory:  # the last point of every trajectory is the final exact exposure
+        trajectory[name].append([cfg.train.steps, next(e["exposure"] for e in exposures if e["name"] == name)])
+    block = cfg.train.block_size
+    return MemorizationResult(
+        config=cfg.to_dict(),
+        seed=seed,
+        canaries=[c.to_dict() for c in canaries],
+        exposures=exposures,
+        estimates=estimates,
+        trajectory=trajectory,
+        history=record["history"],
+        val_perplexity=compute_perplexity(model, tokenize_lines(tokenizer, splits.validation), block, device=device),
+        test_perplexity=compute_perplexity(model, tokenize_lines(tokenizer, splits.test), block, device=device),
+        n_parameters=count_parameters(model),
+        train_seconds=record["train_seconds"],
+        exposure_seconds=exposure_seconds,
+        from_cache=cached,
+    )

@@ -1,0 +1,247 @@
+"""TODO docstring (dp)"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..core.evaluation import compute_loss
+from ..core.profiles import progress_options
+from ..core.training import TrainConfig, TrainHistory, lr_at
+
+ACCOUNTANTS = ("rdp", "prv", "gdp")
+
+
+EPSILONS = (1.0, 3.0, 8.0)  # the targets of notebook 08 and the reproduction's DP table
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Privacy settings of a DP-SGD run.
+
+    ``target_epsilon``: the ε the noise multiplier is calibrated to (by the accountant, for the run's
+    sampling rate and number of steps). ``delta``: δ, default 1/n for n training windows.
+    ``max_grad_norm``: the per-example clipping bound C. ``noise_multiplier``: set σ directly
+    instead of a target ε (then ε is only reported). ``accountant``: Opacus' ``"rdp"`` (default),
+    ``"prv"`` or ``"gdp"``."""
+
+    target_epsilon: float | None = 8.0
+    delta: float | None = None
+    max_grad_norm: float = 1.0
+    noise_multiplier: float | None = None
+    accountant: str = "rdp"
+
+    def __post_init__(self):
+        if self.target_epsilon is None and self.noise_multiplier is None:
+            raise ValueError("give a target_epsilon or a noise_multiplier")
+        if self.target_epsilon is not None and self.noise_multiplier is not None:
+            raise ValueError(f"give a target_epsilon or a noise_multiplier, not both "
+                             f"(got {self.target_epsilon} and {self.noise_multiplier})")
+        if self.target_epsilon is not None and not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
+            raise ValueError(f"target_epsilon must be a positive finite number, got {self.target_epsilon}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ValueError(f"delta must lie in (0, 1), got {self.delta}")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm (the clipping bound) must be positive, got {self.max_grad_norm}")
+        if self.noise_multiplier is not None and not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+            raise ValueError(f"noise_multiplier must be a finite number >= 0, got {self.noise_multiplier}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(f"unknown accountant {self.accountant!r}; expected one of {', '.join(ACCOUNTANTS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------- accounting
+def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
+    """The noise multiplier σ that spends ``target_epsilon`` at ``delta`` over ``steps`` Poisson-sampled
+    steps at ``sample_rate`` (Opacus' ``get_noise_multiplier``)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    DPConfig(target_epsilon=target_epsilon, delta=delta, accountant=accountant)  # validates
+    _check_rate(sample_rate, steps)
+    with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound is valid, if loose
+        warnings.filterwarnings("ignore", message="Optimal order")
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
+                                          accountant=accountant))
+
+
+def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+    """ε after ``steps`` steps with noise ``noise_multiplier`` at ``sample_rate``, for ``delta``
+    (``inf`` without noise). Notebook 08, "What (ε, δ) promises"."""
+    from opacus.accountants import create_accountant
+
+    DPConfig(target_epsilon=None, noise_multiplier=noise_multiplier, delta=delta, accountant=accountant)  # validates
+    _check_rate(sample_rate, steps)
+    if noise_multiplier == 0:
+        return math.inf
+    accountant_ = create_accountant(accountant)
+    accountant_.history = [(noise_multiplier, sample_rate, steps)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order")
+        return float(accountant_.get_epsilon(delta=delta))
+
+
+def _check_rate(sample_rate: float, steps: int) -> None:
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+
+# ----------------------------------------------------------------------------------- Opacus plumbing
+def conv1d_grad_sample(layer, activations, backprops) -> dict:
+    """Per-sample gradients of Hugging Face's ``Conv1D`` (y = x W + b with W of shape (in, out)):
+    for example n, ∂ℓ_n/∂W = Σ_t x_{n,t} g_{n,t}ᵀ and ∂ℓ_n/∂b = Σ_t g_{n,t}, where g are the
+    gradients at the layer's output (Opacus' grad-sampler signature)."""
+    x = activations[0]
+    out = {}
+    if layer.weight.requires_grad:
+        out[layer.weight] = torch.einsum("n...i,n...j->nij", x, backprops)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = torch.einsum("n...j->nj", backprops)
+    return out
+
+
+def register_conv1d_grad_sampler() -> None:
+    """Register :func:`conv1d_grad_sample` with Opacus (idempotent); :func:`make_private` calls it."""
+    from opacus.grad_sample import GradSampleModule
+    from transformers.pytorch_utils import Conv1D
+
+    GradSampleModule.GRAD_SAMPLERS[Conv1D] = conv1d_grad_sample
+
+
+def check_opacus_compatible(model) -> None:
+    """Raise ``ValueError`` naming every layer that Opacus cannot train privately (batch norm, for
+    example, mixes examples of a batch), with Opacus' own reason."""
+    from opacus.validators import ModuleValidator
+
+    errors = [f"layer {name!r} ({type(module).__name__}): {error}" for name, module in model.named_modules()
+              if not any(module.children()) for error in ModuleValidator.validate(module, strict=False)]
+    if errors:
+        raise ValueError("Opacus cannot train this model with DP-SGD: " + "; ".join(errors))
+
+
+def position_ids(input_ids: torch.Tensor) -> torch.Tensor:
+    """Position ids of shape (B, T) for a batch of windows: what GPT-2 must be called with under
+    Opacus, so that the position embedding's per-sample gradients have the batch dimension."""
+    B, T = input_ids.shape
+    return torch.arange(T, device=input_ids.device).expand(B, T)
+
+
+def window_dataset(ids: torch.Tensor, block_size: int) -> torch.utils.data.TensorDataset:
+    """The training text as non-overlapping windows of ``block_size + 1`` tokens: DP's examples."""
+    n = len(ids) // (block_size + 1)
+    if n < 2:
+        raise ValueError(f"training text has {len(ids)} tokens: fewer than 2 windows of {block_size + 1}")
+    return torch.utils.data.TensorDataset(ids[: n * (block_size + 1)].reshape(n, block_size + 1))
+
+
+def make_private(model, optimizer, loader, noise_multiplier: float, max_grad_norm: float, accountant: str = "rdp",
+                 seed: int = 0, poisson_sampling: bool = True):
+    """Opacus' ``PrivacyEngine.make_private`` with a seeded noise generator (so that the same seed
+    gives the same run). Returns ``(engine, private model, DP optimiser, Poisson data loader)``;
+    call the private model with :func:`position_ids`. ``private_model._close()`` removes the hooks."""
+    from opacus import PrivacyEngine
+
+    check_opacus_compatible(model)
+    register_conv1d_grad_sampler()
+    DPConfig(target_epsilon=None, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, accountant=accountant)  # validates
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        engine = PrivacyEngine(accountant=accountant)
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        private, dp_optimizer, dp_loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm, poisson_sampling=poisson_sampling,
+            noise_generator=torch.Generator(device=next(model.parameters()).device).manual_seed(seed + 1),
+        )
+    return engine, private, dp_optimizer, dp_loader
+
+
+def window_loss(model, windows: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of a batch of windows (B, T + 1), calling ``model`` with
+    whole-batch position ids. Every window has the same length, so this is the mean over the batch
+    of per-window mean losses: Opacus' ``loss_reduction="mean"``."""
+    inputs, labels = windows[:, :-1], windows[:, 1:]
+    logits = model(input_ids=inputs, position_ids=position_ids(inputs), use_cache=False).logits
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+def backward(loss: torch.Tensor) -> None:
+    """``loss.backward()`` through an Opacus model, without the warning PyTorch gives because the
+    first layer's input (token ids) needs no gradient: harmless here, since Opacus' hooks read the
+    layers' outputs' gradients."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss.backward()
+
+
+# ----------------------------------------------------------------------------------- training
+def train_dp_language_model(model, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig, dp: DPConfig, seed: int = 0,
+                            device: str = "cpu", progress: bool = True) -> tuple[TrainHistory, dict]:
+    """Train ``model`` in place with DP-SGD (AdamW as in :func:`~tutorial_lib.training.train_language_model`,
+    same learning-rate schedule and number of steps; per-example clipping to ``dp.max_grad_norm``
+    replaces batch clipping). Returns the history and the privacy record: n windows, sample rate,
+    steps, σ, δ, the target and the spent ε (from the engine's accountant). Notebook 08."""
+    from tqdm.auto import tqdm
+
+    dataset = window_dataset(train_ids, cfg.block_size)
+    n = len(dataset)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, generator=torch.Generator().manual_seed(seed))
+    sample_rate = 1 / len(loader)  # what Opacus' Poisson loader uses: about batch_size / n
+    delta = dp.delta if dp.delta is not None else 1.0 / n
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    sigma = dp.noise_multiplier if dp.noise_multiplier is not None else noise_multiplier_for(
+        dp.target_epsilon, delta, sample_rate, cfg.steps, dp.accountant)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.lr, betas=(0.9, 0.95))
+    model.train()
+    engine, private, dp_optimizer, dp_loader = make_private(model, optimizer, loader, sigma, dp.max_grad_norm, dp.accountant, seed)
+    history, step, empty = TrainHistory(), 0, 0
+    bar = tqdm(total=cfg.steps, desc=f"DP-SGD (sigma {sigma:.2f})", **progress_options(progress))
+    try:
+        while step < cfg.steps:
+            for (windows,) in dp_loader:
+                if step == cfg.steps:
+                    break
+                for group in dp_optimizer.param_groups:
+                    group["lr"] = lr_at(step, cfg)
+                if len(windows) == 0:  # Poisson sampling drew no window: the step happened, nothing to learn
+                    empty += 1
+                    step += 1
+                    bar.update()
+                    continue
+                loss = window_loss(private, windows.to(device))
+                dp_optimizer.zero_grad(set_to_none=True)
+                backward(loss)
+                dp_optimizer.step()
+                history.train_loss.append(loss.item())
+                step += 1
+                bar.update()
+                if step % cfg.eval_every == 0 or step == cfg.steps or step in cfg.eval_steps:
+                    val = compute_loss(model, val_ids, cfg.block_size, max_blocks=cfg.eval_blocks, device=device)
+                    history.val_steps.append(step)
+                    history.val_loss.append(val)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", val_ppl=f"{math.exp(val):.2f}")
+                    model.train()
+    finally:
+        bar.close()
+        private._close()
+    model.eval()
+    # empty steps did not call the optimiser, so the engine's accountant missed them: account for all
+    spent = epsilon_spent(sigma, sample_rate, cfg.steps, delta, dp.accountant)
+    if not empty and sigma > 0:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order")
+            engine_eps = engine.get_epsilon(delta)
+        assert math.isclose(engine_eps, spent, rel_tol=1e-6), f"the engine's accountant says {engine_eps}, not {spent}"
+    privacy = {"n_windows": n, "sample_rate": sample_rate, "steps": cfg.steps, "epochs": cfg.steps * sample_rate,
+               "noise_multiplier": sigma, "max_grad_norm": dp.max_grad_norm, "delta": delta,
+               "target_epsilon": dp.target_epsilon, "epsilon": spent, "accountant": dp.accountant, "empty_batches": empty}
+    return history, privacy

@@ -1,0 +1,157 @@
+"""TODO docstring (unlearning)"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+
+class UnlearningError(RuntimeError):
+    """An unlearning update was refused; the model's weights are unchanged."""
+
+
+# ----------------------------------------------------------------------------------- report
+@dataclass
+class UnlearningReport:
+    """What an unlearning call did."""
+
+    method: str
+    config: dict
+    updated: list[str]
+    n_parameters: int
+    update_norm: float
+    seconds: float
+    n_train: int
+    k: int
+    diagnostics: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (f"{self.method}: {self.n_parameters:,} parameters in {len(self.updated)} tensors, "
+                f"update norm {self.update_norm:.4g}, {self.seconds:.2f} s (n = {self.n_train}, k = {self.k})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------- data
+@dataclass
+class UnlearningData:
+    """Tokenized forget items (with multiplicities), the retain text's token ids, n and block size."""
+
+    forget_batch: dict
+    counts: torch.Tensor
+    retain_ids: torch.Tensor | None
+    n_train: int
+    block_size: int
+
+    @property
+    def k(self) -> int:
+        return int(self.counts.sum())
+
+
+def _as_pair(item) -> tuple[str, str]:
+    if isinstance(item, str):
+        return "", item
+    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
+        return item[0], item[1]
+    raise TypeError(f"a forget item is a text or a (context, target) pair of texts, got {item!r}")
+
+
+def max_positions(model) -> int | None:
+    return getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+
+
+def _vocab_size(model) -> int:
+    return model.get_input_embeddings().num_embeddings
+
+
+def prepare_unlearning_data(model, tokenizer, forget, retain=None, n_train: int | None = None, block_size: int = 128,
+                            device=None) -> UnlearningData:
+    """Tokenize and check the forget and retain sets against ``model``."""
+    if forget is None or len(forget) == 0:
+        raise ValueError("the forget set is empty: nothing to unlearn")
+    vocab = _vocab_size(model)
+    if len(tokenizer) > vocab:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {vocab}: they do not belong together")
+    max_len = max_positions(model)
+    counts = Counter(_as_pair(item) for item in forget)
+    rows, masks = [], []
+    for (context, target), _ in counts.items():
+        c_ids = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+        t_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+        ids = c_ids + t_ids
+        if max_len is not None and len(ids) > max_len:
+            raise ValueError(f"forget item of {len(ids)} tokens is longer than the model's {max_len} positions: {target[:40]!r}")
+        if len(ids) < 2 or not t_ids:
+            raise ValueError(f"forget item needs a target and at least two tokens: {(context, target)!r}")
+        if max(ids) >= vocab:
+            raise ValueError(f"forget item has token id {max(ids)} outside the model's vocabulary of {vocab}: wrong tokenizer?")
+        rows.append(ids)
+        masks.append([0] * max(len(c_ids), 1) + [1] * (len(ids) - max(len(c_ids), 1)))  # labels from the target on
+    T = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), T), dtype=torch.long)
+    labels = torch.full((len(rows), T), -100, dtype=torch.long)
+    for i, (r, m) in enumerate(zip(rows, masks)):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        attention[i, : len(r)] = 1
+        labels[i, : len(r)] = torch.where(torch.tensor(m, dtype=torch.bool), torch.tensor(r), -100)
+    dev = device or next(model.parameters()).device
+    batch = {"input_ids": input_ids.to(dev), "attention_mask": attention.to(dev), "labels": labels.to(dev)}
+    retain_ids = None
+    if retain is not None and len(retain) > 0:
+        retain_ids = torch.tensor(tokenizer("\n".join(retain), add_special_tokens=False)["input_ids"], dtype=torch.long)
+        if len(retain_ids) <= block_size:
+            raise ValueError(f"the retain set has {len(retain_ids)} tokens, fewer than block_size + 1 = {block_size + 1}")
+    k = sum(counts.values())
+    n_train = n_train if n_train is not None else (len(retain) if retain is not None else 0) + k
+    if n_train <= k:
+        raise ValueError(f"n_train = {n_train} must exceed the number of forgotten items k = {k}")
+    return UnlearningData(batch, torch.tensor(list(counts.values()), dtype=torch.float64), retain_ids, n_train, block_size)
+
+
+def fisher_batches(data: UnlearningData, n: int, batch_size: int, source: str, seed: int, device) -> list[dict]:
+    """``n`` random windows of ``block_size`` tokens of the retain text (and, for source "all",
+    the forget items in proportion k/n_train), in batches."""
+    if data.retain_ids is None:
+        raise ValueError("this method needs a retain set to build the Fisher from")
+    gen = torch.Generator().manual_seed(seed)
+    L = data.block_size
+    n_forget = round(n * data.k / data.n_train) if source == "all" else 0
+    starts = torch.randint(0, len(data.retain_ids) - L, (n - n_forget,), generator=gen)
+    windows = torch.stack([data.retain_ids[s : s + L + 0] for s in starts]).to(device)
+    batches = [{"input_ids": windows[i : i + batch_size]} for i in range(0, len(windows), batch_size)]
+    if n_forget:
+        pick = torch.multinomial(data.counts, n_forget, replacement=True, generator=gen).to(device)
+        batches.append({k: v[pick] for k, v in data.forget_batch.items()})
+    return batches
+
+
+@dataclass(frozen=True)
+class Method:
+    """An unlearning method: its config class and ``update(model, data, space, cfg, seed, state)``,
+    called ``cfg.repeats`` times; it returns (flat update, diagnostics) and may keep what it needs
+    between calls in ``state`` (a dict that starts empty, e.g. optimiser moments)."""
+
+    config: type
+    update: Callable
+    needs_retain: bool = True
+
+
+# ----------------------------------------------------------------------------------- evaluation
+def canary_forget_items(canary, target: str = "secret") -> list:
+    """The forget set of one canary: its ``insertions`` training occurrences, each a (context,
+    target) pair. ``target="secret"`` counts only the secret and what follows it (given "\n" and
+    the prefix), ``"line"`` the whole line after the line break (the data-agnostic choice)."""
+    if target == "secret":
+        item = ("\n" + canary.prefix, canary.secret + canary.suffix)
+    elif target == "line":
+        item = ("\n", canary.text())
+    else:
+        raise ValueError(f"target must be 'secret' or 'line', got {target!r}")
+    if canary.insertions < 1:
+        raise ValueError(f"canary {canary.name!r} was never inserted: nothing to forget")
+    return [item] * canary.insertions
