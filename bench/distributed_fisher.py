@@ -1,4 +1,4 @@
-"""Distributed Fisher: one process against two, each with one torch thread, on the same problem.
+"""Distributed Fisher: one process against two (one torch thread each by default), on the same problem.
 
 For a GPT-2 of the chosen profile (every parameter) and ``--m`` random token windows of
 ``--block`` tokens in batches of ``--batch-size``, each world size runs, with
@@ -20,26 +20,25 @@ Both world sizes start fresh processes through ``run_distributed`` (gloo, 127.0.
 since other work on the same cores changes the ratio.
 
     .venv/bin/python bench/distributed_fisher.py                 # small GPT-2, m = 128, about 30 s on 2 cores
+    .venv/bin/python bench/distributed_fisher.py --quick         # tiny GPT-2, m = 16, 32-token windows, 2 repeats
     .venv/bin/python bench/distributed_fisher.py --profile tiny --m 64 --block 32 --repeats 5
 
-Results are also written to ``bench/results/distributed_fisher.json``.
+``--threads N`` gives each process N torch threads (default 1). Results are also written to
+``bench/results/distributed_fisher.json`` (``--out``; ``distributed_fisher-quick.json`` with ``--quick``).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from _common import add_repeats, bench_parser, measure, set_threads, write_results
 
 from tutorial_lib.unlearning.distributed import run_distributed, world_info
 from tutorial_lib.unlearning.distributed_fisher import DistributedFisher, distributed_gradient_matrix
 
-RESULTS = Path(__file__).resolve().parent / "results" / "distributed_fisher.json"
+FULL = dict(profile="small", m=128, block=64, batch_size=8, repeats=3)
+QUICK = dict(profile="tiny", m=16, block=32, repeats=2)
 
 
 def _slowest(seconds: float) -> float:
@@ -50,18 +49,18 @@ def _slowest(seconds: float) -> float:
     return float(t)
 
 
+def _barrier() -> None:
+    if world_info()[1] > 1:
+        dist.barrier()
+
+
 def _timed(fn, repeats: int):
-    out, times = None, []
-    for _ in range(repeats):
-        if world_info()[1] > 1:
-            dist.barrier()
-        start = time.perf_counter()
-        out = fn()
-        times.append(_slowest(time.perf_counter() - start))
-    return out, statistics.median(times)
+    """The last output and the median over ``repeats`` runs of the slowest rank's time (ranks start together)."""
+    t = measure(fn, repeats, before=_barrier, reduce=_slowest)
+    return t.out, t.median_s
 
 
-def measure(profile: str, m: int, block: int, batch_size: int, damping: float, repeats: int, seed: int) -> dict:
+def _measure(profile: str, m: int, block: int, batch_size: int, damping: float, repeats: int, seed: int) -> dict:
     """Run on every rank; returns the slowest rank's times and the products."""
     from tutorial_lib.core.models import ModelConfig, make_model
 
@@ -80,24 +79,30 @@ def measure(profile: str, m: int, block: int, batch_size: int, damping: float, r
                 cg_iterations=F_cg.iterations, x=x, x_cg=x_cg)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="small", choices=["tiny", "small"])
-    parser.add_argument("--m", type=int, default=128)
-    parser.add_argument("--block", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--damping", type=float, default=1e-3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def main(argv=None) -> None:
+    parser = bench_parser(__file__, __doc__, quick="tiny GPT-2, m = 16 windows of 32 tokens, 2 repeats",
+                          threads_default=1, threads_help="torch threads per process (default: 1)",
+                          seed_help="seed for the model and the token windows (default: 0)")
+    parser.add_argument("--profile", default=None, choices=["tiny", "small"], help="GPT-2 profile (default: small; tiny with --quick)")
+    parser.add_argument("--m", type=int, default=None, help="number of token windows, the rows of G (default: 128; 16 with --quick)")
+    parser.add_argument("--block", type=int, default=None, help="tokens per window (default: 64; 32 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: 8)")
+    parser.add_argument("--damping", type=float, default=1e-3, help="lam (default: 0.001)")
+    add_repeats(parser, FULL["repeats"], QUICK["repeats"])
+    args = parser.parse(argv, FULL, QUICK)
+    if min(args.m, args.block, args.batch_size, args.repeats, args.threads) < 1:
+        parser.error("--m, --block, --batch-size, --repeats and --threads must be at least 1")
+    set_threads(args.threads)  # the parent only starts the processes; this keeps its JSON record consistent
+    wall_start = time.perf_counter()
     runs = {}
     for world in (1, 2):
         start = time.perf_counter()
-        runs[world] = run_distributed(measure, world_size=world, threads=1,
+        runs[world] = run_distributed(_measure, world_size=world, threads=args.threads,
                                       args=(args.profile, args.m, args.block, args.batch_size, args.damping, args.repeats, args.seed))[0]
         print(f"world size {world}: {time.perf_counter() - start:.1f} s including process start-up", flush=True)
     one, two = runs[1], runs[2]
-    print(f"\n{args.profile} GPT-2, d = {one['dim']:,}, m = {one['m']}, float32, one torch thread per process\n")
+    print(f"\n{args.profile} GPT-2, d = {one['dim']:,}, m = {one['m']}, float32, "
+          f"{args.threads} torch thread{'' if args.threads == 1 else 's'} per process\n")
     print(f"{'stage':<18}{'1 process (s)':>15}{'2 processes (s)':>17}{'1 / 2':>8}")
     rows = []
     for key, label in [("grad_s", "grad"), ("build_s", "woodbury build"), ("product_s", "woodbury product"), ("cg_s", "cg product")]:
@@ -108,11 +113,10 @@ def main() -> None:
     rel_cg = float((two["x_cg"] - one["x"]).norm() / one["x"].norm())
     print(f"\nCG iterations: {one['cg_iterations']} (1 process), {two['cg_iterations']} (2 processes)")
     print(f"max rel diff, woodbury 2 vs 1 process: {rel:.2e}; cg (2 processes) vs woodbury (1): {rel_cg:.2e}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(dict(
-        args=vars(args), dim=one["dim"], m=one["m"], rows=rows, cg_iterations=[one["cg_iterations"], two["cg_iterations"]],
-        rel_diff_woodbury=rel, rel_diff_cg=rel_cg, machine=platform.platform(), torch=torch.__version__,
-    ), indent=2))
+    wall_s = time.perf_counter() - wall_start
+    print(f"total wall time: {wall_s:.1f} s")
+    write_results(args, rows, wall_s=wall_s, dim=one["dim"], m=one["m"],
+                  cg_iterations=[one["cg_iterations"], two["cg_iterations"]], rel_diff_woodbury=rel, rel_diff_cg=rel_cg)
 
 
 if __name__ == "__main__":

@@ -19,21 +19,19 @@ divided by the batch size it drew and multiplied by ``--batch``. Both DP variant
 per-sample gradients (``tests/test_dp.py`` checks the sampler against a loop).
 
     .venv/bin/python bench/dp_step.py                 # 32 x 128, 11 rounds, about 1 min on 2 cores
+    .venv/bin/python bench/dp_step.py --quick         # 8 x 64, 3 rounds
     .venv/bin/python bench/dp_step.py --threads 1 --repeats 7
 
-Results are written to ``bench/results/dp_step.json``. Run it on an otherwise idle machine.
+Results are written to ``bench/results/dp_step.json`` (``--out``; ``dp_step-quick.json`` with
+``--quick``). Run it on an otherwise idle machine.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
 import warnings
-from pathlib import Path
 
-import numpy as np
 import torch
+from _common import add_repeats, bench_parser, interleaved, set_threads, write_results
 
 from tutorial_lib.privacy.dp import backward, conv1d_grad_sample, window_loss
 from tutorial_lib.core.models import ModelConfig, count_parameters, make_model
@@ -90,16 +88,21 @@ def dp_stepper(model, data, batch, conv1d_sampler: bool, seed: int):
     return step
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+FULL = dict(batch=32, seq=128, repeats=11)
+QUICK = dict(batch=8, seq=64, repeats=3)
+
+
+def main(argv=None) -> None:
+    parser = bench_parser(__file__, __doc__, quick="batch 8 x 64, 3 rounds",
+                          seed_help="seed for the models, the token ids and Poisson sampling (default: 0)")
+    parser.add_argument("--batch", type=int, default=None, help="windows per batch (default: 32; 8 with --quick)")
+    parser.add_argument("--seq", type=int, default=None, help="tokens per window, plus one (default: 128; 64 with --quick)")
+    add_repeats(parser, FULL["repeats"], QUICK["repeats"])
+    args = parser.parse(argv, FULL, QUICK)
+    if min(args.batch, args.seq, args.repeats) < 1:
+        parser.error("--batch, --seq and --repeats must be at least 1")
+    threads = set_threads(args.threads)
+    wall_start = time.perf_counter()
     data = torch.randint(0, 256, (args.batch * 40, args.seq + 1), generator=torch.Generator().manual_seed(args.seed))
     cfg = ModelConfig.for_profile("small")
     ways = {
@@ -107,26 +110,19 @@ def main() -> None:
         "DP-SGD, Opacus as shipped (torch.func for Conv1D)": dp_stepper(make_model(cfg, 257, seed=args.seed), data, args.batch, False, args.seed),
         "DP-SGD, library (Conv1D grad sampler)": dp_stepper(make_model(cfg, 257, seed=args.seed), data, args.batch, True, args.seed),
     }
-    times = {name: [] for name in ways}
-    for step in ways.values():  # untimed warm-up round
-        step()
-    for _ in range(args.repeats):
-        for name, step in ways.items():
-            start = time.perf_counter()
-            drawn = step()
-            times[name].append((time.perf_counter() - start) * args.batch / max(drawn, 1))
-    median = {name: float(np.median(t)) for name, t in times.items()}
+    # one untimed round, then the rounds; each time scaled from the batch drawn to the nominal batch
+    timings = interleaved(ways, args.repeats, warmup=1, scale=lambda name, drawn: args.batch / max(drawn, 1))
+    median = {name: t.median_s for name, t in timings.items()}
     plain = median["plain"]
     print(f"small GPT-2 ({count_parameters(make_model(cfg, 257)):,} parameters), batch {args.batch} x {args.seq}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+          f"{threads} threads, median of {args.repeats}")
     for name, t in median.items():
         print(f"  {name:50s} {t:.3f} s   {t / plain:.2f}x plain")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "dp_step.json").write_text(json.dumps({
-        "batch": args.batch, "seq": args.seq, "repeats": args.repeats, "threads": torch.get_num_threads(),
-        "machine": platform.machine(), "torch": torch.__version__, "median_seconds": median,
-        "ratio_to_plain": {name: t / plain for name, t in median.items()}, "all_seconds": times}, indent=1))
+    wall_s = time.perf_counter() - wall_start
+    print(f"total wall time: {wall_s:.1f} s")
+    rows = [{"way": name, **t.to_dict(), "ratio_to_plain": t.median_s / plain} for name, t in timings.items()]
+    write_results(args, rows, wall_s=wall_s, median_seconds=median,
+                  ratio_to_plain={name: t / plain for name, t in median.items()})
 
 
 if __name__ == "__main__":

@@ -22,22 +22,21 @@ machine), which makes the ratio depend on the load.
 Run (about 5 minutes on a 2-core machine)::
 
     .venv/bin/python bench/exposure_trie.py            # 10^4, 10^5, 10^6; naive measured up to 10^5
-    .venv/bin/python bench/exposure_trie.py --quick    # 10^4, 10^5; naive measured at 10^4 only
+    .venv/bin/python bench/exposure_trie.py --quick    # 10^3, 10^4; naive measured at 10^3 only (seconds)
     .venv/bin/python bench/exposure_trie.py --sizes 1e4 1e5 --naive-max 1e4 --threads 1 --seed 0
 
-Results are also written to ``bench/results/exposure_trie.json``.
+Results are also written to ``bench/results/exposure_trie.json`` (``--out``; ``exposure_trie-quick.json``
+with ``--quick``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from _common import bench_parser, set_threads, timed, write_results
 
 import tutorial_lib.privacy.exposure as exposure
 from tutorial_lib.core.canaries import Canary, RandomnessSpace
@@ -48,7 +47,8 @@ from tutorial_lib.core.tokenization import make_byte_tokenizer
 FORMAT = "the secret number of alice is {secret}"
 BATCH_SIZE = 512
 TOLERANCE_BITS = 1e-3
-RESULTS = Path(__file__).resolve().parent / "results" / "exposure_trie.json"
+FULL = dict(sizes=[10**4, 10**5, 10**6], naive_max=10**5)
+QUICK = dict(sizes=[10**3, 10**4], naive_max=10**3)
 
 
 def space_size(text: str) -> int:
@@ -63,12 +63,6 @@ def space_size(text: str) -> int:
 def make_canary(size: int) -> Canary:
     length = round(math.log10(size))
     return Canary(FORMAT, secret="1" * length, insertions=1, name="alice", space=RandomnessSpace(length))
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
 
 
 def bench_size(model, tok, size: int, run_naive: bool) -> dict:
@@ -134,20 +128,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=space_size, nargs="+", default=[10**4, 10**5, 10**6],
-                        help="randomness-space sizes, powers of ten (default: 1e4 1e5 1e6)")
-    parser.add_argument("--naive-max", type=space_size, default=10**5,
-                        help="measure the naive path up to this size, extrapolate above (default: 1e5)")
-    parser.add_argument("--quick", action="store_true", help="sizes 1e4 1e5, naive measured at 1e4 only")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
-    parser.add_argument("--seed", type=int, default=0, help="model initialisation seed")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.sizes, args.naive_max = [10**4, 10**5], 10**4
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    parser = bench_parser(__file__, __doc__, quick="sizes 1e3 1e4, naive measured at 1e3 only",
+                          seed_help="model initialisation seed (default: 0)")
+    parser.add_argument("--sizes", type=space_size, nargs="+", default=None,
+                        help="randomness-space sizes, powers of ten (default: 1e4 1e5 1e6; 1e3 1e4 with --quick)")
+    parser.add_argument("--naive-max", type=space_size, default=None,
+                        help="measure the naive path up to this size, extrapolate above (default: 1e5; 1e3 with --quick)")
+    args = parser.parse(argv, FULL, QUICK)
+    threads = set_threads(args.threads)
     sizes = sorted(set(args.sizes))
 
     wall_start = time.perf_counter()
@@ -156,7 +144,7 @@ def main(argv=None) -> None:
     model.eval()
     print(
         f"model: GPT-2 'small' profile, {count_parameters(model):,} parameters, untrained (seed {args.seed}); "
-        f"byte-level tokenizer; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"byte-level tokenizer; torch {torch.__version__}, {threads} threads"
     )
     print(f"canary: {FORMAT!r}; naive batch size {BATCH_SIZE}; naive measured up to |R| = {args.naive_max:,}\n")
 
@@ -189,27 +177,18 @@ def main(argv=None) -> None:
           f"(compute_exposure, cold tail cache; untrained model: {result.summary()})")
     print(f"total wall time: {wall_s:.1f} s")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "config": {
+    write_results(
+        args, rows, wall_s=wall_s,
+        config={
             "model_profile": "small",
             "trained": False,
             "parameters": count_parameters(model),
-            "seed": args.seed,
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
             "canary_format": FORMAT,
             "naive_batch_size": BATCH_SIZE,
-            "naive_max": args.naive_max,
             "tolerance_bits": TOLERANCE_BITS,
         },
-        "rows": rows,
-        "end_to_end": {**result.to_dict(), "method": "trie"},
-        "wall_s": wall_s,
-    }
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        end_to_end={**result.to_dict(), "method": "trie"},
+    )
 
 
 if __name__ == "__main__":

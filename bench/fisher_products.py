@@ -18,8 +18,9 @@ the memory it would need from ``estimate_memory``. The memory column is that est
 structure: the bytes a structure allocates beyond G itself.
 
 Build and product times are medians of ``--repeats`` runs, in ``--dtype`` (default float32). A measurement
-stops repeating once it has used ``MAX_SECONDS_PER_MEASUREMENT``, but it always runs at least once; the
-block build at the GPT-2 size takes several seconds per run, so it usually runs once. A tiny problem
+stops repeating once it has used ``MAX_SECONDS_PER_MEASUREMENT`` (10 s; 2 s with ``--quick``), but it
+always runs at least once; the block build at the GPT-2 size takes several seconds per run, so it
+usually runs once. A tiny problem
 warms up every code path before the timings. The "/ woodbury" column is build plus product time over
 Woodbury's build plus product time on the same G.
 
@@ -40,21 +41,18 @@ Run (the default sizes are chosen to take about 3 minutes or less on a 2-core ma
 the block build at the GPT-2 size, about 10 to 20 s per run at m = 32, roughly four times that at m = 128)::
 
     .venv/bin/python bench/fisher_products.py                  # d = 2000 (m = 16, 64, 256) and the GPT-2 size (m = 32, 128)
-    .venv/bin/python bench/fisher_products.py --quick          # d = 2000 (m = 16, 64) and the GPT-2 size (m = 32); 3 repeats
+    .venv/bin/python bench/fisher_products.py --quick          # d = 2000 (m = 16, 64) and the GPT-2 size (m = 8); 3 repeats, 2 s each
     .venv/bin/python bench/fisher_products.py --dtype float64 --block-size 64 --threads 1 --seed 1
 
-Results are also written to ``bench/results/fisher_products.json``.
+Results are also written to ``bench/results/fisher_products.json`` (``--out``; ``fisher_products-quick.json``
+with ``--quick``).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
+from _common import add_repeats, bench_parser, measure, plural, set_threads, write_results
 
 from tutorial_lib.curvature.fisher import BlockFisher, make_fisher
 from tutorial_lib.curvature.memory import MemoryBudgetError, available_memory, estimate_memory
@@ -68,13 +66,16 @@ def make_structure(G, damping, structure, block_size):
     if structure == "block-sm1":
         return BlockFisher(G, damping, block_size, chunk=1)
     return make_fisher(G, damping, structure, block_size)
+
+
 DAMPING = 1e-3
 BLOCK_SIZE = 128
 SMALL_DIM, SMALL_MS, QUICK_SMALL_MS = 2000, (16, 64, 256), (16, 64)
-LARGE_MS, QUICK_LARGE_MS = (32, 128), (32,)
-MAX_SECONDS_PER_MEASUREMENT = 10.0
+LARGE_MS, QUICK_LARGE_MS = (32, 128), (8,)
+MAX_SECONDS_PER_MEASUREMENT, QUICK_MAX_SECONDS = 10.0, 2.0
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-RESULTS = Path(__file__).resolve().parent / "results" / "fisher_products.json"
+FULL = dict(small_ms=list(SMALL_MS), large_ms=list(LARGE_MS), repeats=5)
+QUICK = dict(small_ms=list(QUICK_SMALL_MS), large_ms=list(QUICK_LARGE_MS), repeats=3)
 
 
 def gpt2_small_dim() -> int:
@@ -82,23 +83,6 @@ def gpt2_small_dim() -> int:
     from tutorial_lib.core.models import ModelConfig, count_parameters, make_model
 
     return count_parameters(make_model(ModelConfig.for_profile("small"), vocab_size=257, seed=0))
-
-
-def median_time(fn, repeats: int):
-    """Median wall time of up to ``repeats`` calls and the last call's output. Stops early once
-    ``MAX_SECONDS_PER_MEASUREMENT`` is spent."""
-    times: list[float] = []
-    out = None
-    while len(times) < repeats and (not times or sum(times) < MAX_SECONDS_PER_MEASUREMENT):
-        out = None  # free the previous structure before building the next one
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), times, out
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def format_bytes(n: int) -> str:
@@ -159,15 +143,18 @@ def bench_case(d: int, m: int, args, dtype: torch.dtype) -> list[dict]:
                "memory_bytes": estimate_memory(structure.replace("-sm1", ""), d, m, args.block_size, element_size),
                "refused": None, "build_s": None, "product_s": None, "build_times_s": [], "product_times_s": []}
         try:
-            row["build_s"], row["build_times_s"], F = median_time(
-                lambda s=structure: make_structure(G, args.damping, s, args.block_size), args.repeats)
+            build = measure(lambda s=structure: make_structure(G, args.damping, s, args.block_size), args.repeats,
+                            max_seconds=args.max_seconds)
         except MemoryBudgetError as err:
             row["refused"] = str(err)
             rows.append(row)
             print(f"    m = {m}, {structure}: refused (needs {format_bytes(row['memory_bytes'])})", flush=True)
             continue
-        row["product_s"], row["product_times_s"], results[structure] = median_time(lambda F=F: F.inverse_product(v), args.repeats)
-        del F
+        row["build_s"], row["build_times_s"], F = build.median_s, build.times_s, build.out
+        del build
+        product = measure(lambda F=F: F.inverse_product(v), args.repeats, max_seconds=args.max_seconds)
+        row["product_s"], row["product_times_s"], results[structure] = product.median_s, product.times_s, product.out
+        del F, product
         rows.append(row)
         print(f"    m = {m}, {structure}: build {row['build_s']:.4f} s ({plural(len(row['build_times_s']), 'run')}), "
               f"product {row['product_s']:.5f} s", flush=True)
@@ -222,33 +209,27 @@ def ratio_lines(rows: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__file__, __doc__,
+                          quick=f"m = {' '.join(map(str, QUICK_SMALL_MS))} at the small size, m = {' '.join(map(str, QUICK_LARGE_MS))} at the large one; "
+                                f"3 repeats, {QUICK_MAX_SECONDS:g} s per measurement",
+                          seed_help="seed for G and v (default: 0)")
     parser.add_argument("--small-d", type=int, default=SMALL_DIM, help=f"dimension of the small case (default: {SMALL_DIM})")
     parser.add_argument("--small-ms", type=int, nargs="*", default=None,
-                        help=f"numbers of gradients at the small size (default: {' '.join(map(str, SMALL_MS))})")
+                        help=f"numbers of gradients at the small size (default: {' '.join(map(str, SMALL_MS))}; "
+                             f"{' '.join(map(str, QUICK_SMALL_MS))} with --quick)")
     parser.add_argument("--large-d", type=int, default=None, help="dimension of the large case (default: the small GPT-2's parameter count)")
     parser.add_argument("--large-ms", type=int, nargs="*", default=None,
-                        help=f"numbers of gradients at the large size (default: {' '.join(map(str, LARGE_MS))})")
+                        help=f"numbers of gradients at the large size (default: {' '.join(map(str, LARGE_MS))}; "
+                             f"{' '.join(map(str, QUICK_LARGE_MS))} with --quick)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the timed runs (default: float32)")
     parser.add_argument("--damping", type=float, default=DAMPING, help=f"lam (default: {DAMPING:g})")
     parser.add_argument("--block-size", type=int, default=BLOCK_SIZE, help=f"block size of the block structure (default: {BLOCK_SIZE})")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement, median reported (default: 5)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"m = {' '.join(map(str, QUICK_SMALL_MS))} at the small size, m = {' '.join(map(str, QUICK_LARGE_MS))} at the large one; 3 repeats")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for G and v")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})")
-    args = parser.parse_args(argv)
-    if args.small_ms is None:
-        args.small_ms = list(QUICK_SMALL_MS if args.quick else SMALL_MS)
-    if args.large_ms is None:
-        args.large_ms = list(QUICK_LARGE_MS if args.quick else LARGE_MS)
-    if args.quick:
-        args.repeats = min(args.repeats, 3)
+    add_repeats(parser, FULL["repeats"], QUICK["repeats"])
+    args = parser.parse(argv, FULL, QUICK)
     if args.repeats < 1 or args.block_size < 1 or args.small_d < 1 or min(args.small_ms + args.large_ms, default=1) < 1:
         parser.error("--repeats, --block-size, dimensions and numbers of gradients must be at least 1")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    args.max_seconds = QUICK_MAX_SECONDS if args.quick else MAX_SECONDS_PER_MEASUREMENT
+    threads = set_threads(args.threads)
     dtype = DTYPES[args.dtype]
 
     wall_start = time.perf_counter()
@@ -256,7 +237,7 @@ def main(argv=None) -> None:
         args.large_d = gpt2_small_dim()
     print(f"G: m x d standard normal / sqrt(d), v standard normal; {args.dtype}; damping {args.damping:g}; "
           f"block size {args.block_size}; seed {args.seed}; median of up to {args.repeats} runs; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+          f"torch {torch.__version__}, {threads} threads\n")
 
     # warm-up: every code path once on a tiny problem
     G_warm = torch.randn(4, 256, dtype=dtype)
@@ -284,29 +265,10 @@ def main(argv=None) -> None:
         print(line)
     print(f"total wall time: {wall_s:.1f} s")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "config": {
-            "structures": list(STRUCTURES),
-            "dtype": args.dtype,
-            "damping": args.damping,
-            "block_size": args.block_size,
-            "small_d": args.small_d,
-            "small_ms": args.small_ms,
-            "large_d": args.large_d,
-            "large_ms": args.large_ms,
-            "repeats": args.repeats,
-            "max_seconds_per_measurement": MAX_SECONDS_PER_MEASUREMENT,
-            "seed": args.seed,
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
-        },
-        "rows": rows,
-        "wall_s": wall_s,
-    }
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args, rows, wall_s=wall_s, config={
+        "structures": list(STRUCTURES),
+        "max_seconds_per_measurement": args.max_seconds,
+    })
 
 
 if __name__ == "__main__":

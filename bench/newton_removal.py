@@ -38,32 +38,22 @@ Run (about 30 seconds on a 2-core machine)::
     .venv/bin/python bench/newton_removal.py --sizes 500x64 --ks 1 50 --repeats 7 --seed 1
     .venv/bin/python bench/newton_removal.py --threads 0     # BLAS library's default thread count
 
-Results are also written to ``bench/results/newton_removal.json``.
+Results are also written to ``bench/results/newton_removal.json`` (``--out``; ``newton_removal-quick.json``
+with ``--quick``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+from _common import add_repeats, bench_parser, measure, preset_blas_threads, set_threads, write_results
 
-
-def _threads_arg(argv) -> int:
-    """The ``--threads`` value, read before NumPy is imported, because BLAS reads its thread count then."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--threads", type=int, default=1)
-    return pre.parse_known_args(argv)[0].threads
-
-
-if __name__ == "__main__" and (_threads := _threads_arg(sys.argv[1:])) > 0:
-    os.environ.update({var: str(_threads) for var in BLAS_THREAD_VARS})
+if __name__ == "__main__":  # BLAS reads its thread count when NumPy is imported, so set it first
+    preset_blas_threads(sys.argv[1:], default=1)
 
 import numpy as np  # noqa: E402 (after the BLAS thread settings)
 import scipy  # noqa: E402
@@ -76,7 +66,8 @@ QUICK_SIZES = [(250, 64), (1000, 128)]
 KS = (1, 10, 100)
 MAX_SECONDS_PER_MEASUREMENT = 5.0
 MAX_ITER = 100  # fit's default iteration cap
-RESULTS = Path(__file__).resolve().parent / "results" / "newton_removal.json"
+FULL = {"sizes": SIZES, "repeats": 5}
+QUICK = {"sizes": QUICK_SIZES, "repeats": 3}
 
 
 @dataclass(frozen=True)
@@ -117,13 +108,10 @@ def counted(problem: ConvexProblem, fn, *args, **kwargs) -> tuple[np.ndarray, di
 
 
 def median_time(fn, repeats: int) -> tuple[float, list[float]]:
-    """Median wall time of up to ``repeats`` calls. Stops early once ``MAX_SECONDS_PER_MEASUREMENT`` is spent."""
-    times: list[float] = []
-    while len(times) < repeats and (not times or sum(times) < MAX_SECONDS_PER_MEASUREMENT):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), times
+    """Median wall time of up to ``repeats`` calls and every time. Stops early once
+    ``MAX_SECONDS_PER_MEASUREMENT`` is spent (always at least one call)."""
+    t = measure(fn, repeats, max_seconds=MAX_SECONDS_PER_MEASUREMENT)
+    return t.median_s, t.times_s
 
 
 def bench_removal(problem: ConvexProblem, theta_star: np.ndarray, remove: np.ndarray, repeats: int) -> dict:
@@ -188,20 +176,15 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=size_arg, nargs="+", default=SIZES,
-                        help="lines per class x features (default: 250x64 1000x128 2500x256)")
+    parser = bench_parser(__file__, __doc__, quick="sizes 250x64 1000x128, 3 repeats", threads_default=1,
+                          threads_help="BLAS threads, set before NumPy loads (default: 1; 0 keeps the library's default)",
+                          seed_help="seed for the corpus lines and the removed points (default: 0)")
+    parser.add_argument("--sizes", type=size_arg, nargs="+", default=None,
+                        help="lines per class x features (default: 250x64 1000x128 2500x256; 250x64 1000x128 with --quick)")
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS), help="numbers of points to remove (default: 1 10 100)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement, median reported (default: 5)")
+    add_repeats(parser, FULL["repeats"], QUICK["repeats"])
     parser.add_argument("--lam", type=float, default=LAM, help=f"L2 strength per example (default: {LAM:g})")
-    parser.add_argument("--quick", action="store_true", help="sizes 250x64 1000x128, 3 repeats")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="BLAS threads, set before NumPy loads (default: 1; 0 keeps the library's default)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the corpus lines and the removed points")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.sizes, args.repeats = QUICK_SIZES, 3
+    args = parser.parse(argv, FULL, QUICK)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
 
@@ -209,6 +192,8 @@ def main(argv=None) -> None:
     if args.threads > 0 and blas_threads != str(args.threads):
         print(f"warning: --threads {args.threads} is applied only when this file runs as a script, "
               "before NumPy is imported", file=sys.stderr)
+    if args.threads > 0:
+        set_threads(args.threads)  # torch is loaded by the library, though nothing here runs in it
 
     wall_start = time.perf_counter()
     print(f"binary logistic regression, lam = {args.lam:g} per example; shakespeare vs bible lines (>= 40 chars), "
@@ -251,28 +236,12 @@ def main(argv=None) -> None:
     print("|grad| newton: gradient norm on the remaining data after the Newton step; bound: its Guo et al. bound")
     print(f"total wall time: {wall_s:.1f} s")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "config": {
-            "kind": "logistic",
-            "lam": args.lam,
-            "corpora": ["shakespeare", "bible"],
-            "sizes": [list(s) for s in args.sizes],
-            "ks": args.ks,
-            "repeats": args.repeats,
-            "max_seconds_per_measurement": MAX_SECONDS_PER_MEASUREMENT,
-            "seed": args.seed,
-            "blas_threads": blas_threads,
-            "numpy": np.__version__,
-            "scipy": scipy.__version__,
-            "machine": platform.processor() or platform.machine(),
-        },
-        "fits": fits,
-        "rows": rows,
-        "wall_s": wall_s,
-    }
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args, rows, wall_s=wall_s, fits=fits, config={
+        "kind": "logistic",
+        "corpora": ["shakespeare", "bible"],
+        "max_seconds_per_measurement": MAX_SECONDS_PER_MEASUREMENT,
+        "blas_threads": blas_threads,
+    })
 
 
 if __name__ == "__main__":

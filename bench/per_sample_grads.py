@@ -40,18 +40,15 @@ Run (the default sizes are chosen to take well under 3 minutes on a 2-core machi
     .venv/bin/python bench/per_sample_grads.py --quick     # batch 8 x 128, 3 repeats
     .venv/bin/python bench/per_sample_grads.py --batch 16 --seq 64 --threads 1 --seed 1
 
-Results are also written to ``bench/results/per_sample_grads.json``.
+Results are also written to ``bench/results/per_sample_grads.json`` (``--out``; ``per_sample_grads-quick.json``
+with ``--quick``).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
+from _common import add_repeats, bench_parser, measure, plural, set_threads, write_results
 
 from tutorial_lib.core.models import ModelConfig, count_parameters, make_model
 from tutorial_lib.curvature.outputs import lm_outputs, sample_losses
@@ -64,17 +61,15 @@ SUBSET_METHODS = ("hooks", "loop")
 REFERENCE = "loop"
 MAX_SECONDS_PER_MEASUREMENT = 15.0
 MAX_HOOKS_OVER_BATCHED = 2.0
-RESULTS = Path(__file__).resolve().parent / "results" / "per_sample_grads.json"
+FULL = {"batch": BATCH, "repeats": 5}
+QUICK = {"batch": QUICK_BATCH, "repeats": 3}
 
 
-def median_time(fn, repeats: int) -> tuple[float, list[float]]:
-    """Median wall time of up to ``repeats`` calls. Stops early once ``MAX_SECONDS_PER_MEASUREMENT`` is spent."""
-    times: list[float] = []
-    while len(times) < repeats and (not times or sum(times) < MAX_SECONDS_PER_MEASUREMENT):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), times
+def median_time(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of up to ``repeats`` calls after ``warmup`` untimed ones, and every time. Stops
+    early once ``MAX_SECONDS_PER_MEASUREMENT`` is spent (always at least one timed call)."""
+    t = measure(fn, repeats, warmup=warmup, max_seconds=MAX_SECONDS_PER_MEASUREMENT)
+    return t.median_s, t.times_s
 
 
 def max_row_rel_diff(G: torch.Tensor, reference: torch.Tensor) -> float:
@@ -99,8 +94,7 @@ def bench_params(model, batch, params, methods, repeats: int) -> list[dict]:
             torch.autograd.grad(sample_losses(lm_outputs(model, batch)).sum(), chosen)
         baseline = "batched grad (subset)"
 
-    batched()  # warm-up
-    batched_s, batched_times = median_time(batched, repeats)
+    batched_s, batched_times = median_time(batched, repeats)  # after one untimed warm-up run
     print(f"    {baseline}: {batched_s:.3f} s", flush=True)
     rows = [{"method": "batched", "label": baseline, "median_s": batched_s, "times_s": batched_times,
              "over_batched": 1.0, "over_hooks": None, "rel_diff_vs_loop": None}]
@@ -109,10 +103,10 @@ def bench_params(model, batch, params, methods, repeats: int) -> list[dict]:
     for method in methods:
         call = lambda method=method: per_sample_gradients(model, batch, space, method=method)  # noqa: E731
         grads[method] = call()  # warm-up; its G is the one compared
-        seconds, times = median_time(call, repeats)
+        seconds, times = median_time(call, repeats, warmup=0)
         rows.append({"method": method, "label": method, "median_s": seconds, "times_s": times,
                      "over_batched": seconds / batched_s})
-        print(f"    {method}: {seconds:.3f} s ({len(times)} run{'' if len(times) == 1 else 's'})", flush=True)
+        print(f"    {method}: {seconds:.3f} s ({plural(len(times), 'run')})", flush=True)
 
     hooks_s = next((r["median_s"] for r in rows if r["method"] == "hooks"), None)
     for r in rows:
@@ -157,30 +151,22 @@ def acceptance(rows: list[dict]) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__file__, __doc__, quick=f"batch {QUICK_BATCH} (unless --batch is given), 3 repeats",
+                          seed_help="seed for the model initialisation and the token ids (default: 0)")
     parser.add_argument("--batch", type=int, default=None, help=f"examples per batch (default: {BATCH}; {QUICK_BATCH} with --quick)")
     parser.add_argument("--seq", type=int, default=SEQ, help=f"tokens per example (default: {SEQ}, the model's context)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="per-sample methods to time (default: all; loop always runs, it is the reference)")
     parser.add_argument("--subset", nargs="*", default=SUBSET,
                         help=f"parameter subset for the second run (default: {' '.join(SUBSET)}; --subset with no names skips it)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement, median reported (default: 5)")
-    parser.add_argument("--quick", action="store_true", help=f"batch {QUICK_BATCH} (unless --batch is given), 3 repeats")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the model initialisation and the token ids")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.repeats = min(args.repeats, 3)
-    if args.batch is None:
-        args.batch = QUICK_BATCH if args.quick else BATCH
+    add_repeats(parser, FULL["repeats"], QUICK["repeats"])
+    args = parser.parse(argv, FULL, QUICK)
     if args.repeats < 1 or args.batch < 1:
         parser.error("--repeats and --batch must be at least 1")
     cfg = ModelConfig.for_profile("small")
     if not 2 <= args.seq <= cfg.n_positions:
         parser.error(f"--seq must be between 2 and the model's context, {cfg.n_positions}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     methods = [m for m in METHODS if m in args.methods or m == REFERENCE]
 
     wall_start = time.perf_counter()
@@ -188,7 +174,7 @@ def main(argv=None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     batch = {"input_ids": torch.randint(0, VOCAB_SIZE, (args.batch, args.seq), generator=generator)}
     print(f"model: GPT-2 'small' profile, {count_parameters(model):,} parameters, float32, untrained (seed {args.seed}); "
-          f"batch {args.batch} x {args.seq} random token ids; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"batch {args.batch} x {args.seq} random token ids; torch {torch.__version__}, {threads} threads; "
           f"median of up to {args.repeats} runs after one warm-up\n")
 
     print("  all parameters:", flush=True)
@@ -214,31 +200,14 @@ def main(argv=None) -> None:
         print(f"{'PASS' if c['passed'] else 'FAIL'}: {c['check']} ({c['detail']})")
     print(f"total wall time: {wall_s:.1f} s")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "config": {
-            "model_profile": "small",
-            "trained": False,
-            "parameters": count_parameters(model),
-            "dtype": "float32",
-            "batch": args.batch,
-            "seq": args.seq,
-            "methods": methods,
-            "subset": args.subset,
-            "repeats": args.repeats,
-            "max_seconds_per_measurement": MAX_SECONDS_PER_MEASUREMENT,
-            "seed": args.seed,
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
-        },
-        "rows": rows,
-        "subset_rows": subset_rows,
-        "acceptance": checks,
-        "wall_s": wall_s,
-    }
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args, rows, wall_s=wall_s, subset_rows=subset_rows, acceptance=checks, config={
+        "model_profile": "small",
+        "trained": False,
+        "parameters": count_parameters(model),
+        "dtype": "float32",
+        "methods": methods,
+        "max_seconds_per_measurement": MAX_SECONDS_PER_MEASUREMENT,
+    })
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ from .core.plotting import (
     use_style,
 )
 from .core.profiles import (
+    BANDS,
     PROFILES,
+    model_scale,
     resolve_device,
     resolve_profile,
 )
@@ -77,10 +79,12 @@ from .curvature.fisher import (
 )
 from .curvature.ground_truth import (
     cosine,
+    curvature_matrices,
     empirical_fisher,
     exact_hessian,
     gauss_newton,
     loss_gradient,
+    newton_fisher_cosine,
     preconditioned_descent,
     spectrum,
     true_fisher,
@@ -122,6 +126,12 @@ from .curvature.per_sample import (
     per_sample_gradients,
     select_parameters,
 )
+from .curvature.studies import (
+    damping_study,
+    newton_removal_study,
+    structure_costs_markdown,
+    time_per_sample_gradients,
+)
 from .experiments.benchmark import (
     BenchmarkConfig,
     benchmark_markdown,
@@ -130,10 +140,10 @@ from .experiments.benchmark import (
     run_benchmark,
 )
 from .experiments.case_studies import (
-    case_study_config,
     case_study_experiment,
     case_study_markdown,
     evaluate_pii,
+    pii_verdicts,
     plot_case_study,
     train_case_study_model,
 )
@@ -141,12 +151,21 @@ from .experiments.case_study_data import (
     CaseStudyConfig,
     build_case_study,
 )
+from .experiments.comparisons import (
+    baseline_comparison,
+    benchmark_claims,
+    forgetting_gentler,
+    other_canary_shift,
+    sweep_markdown,
+    unlearning_table,
+)
 from .experiments.dp_comparison import (
     DPComparisonConfig,
     dp_comparison,
     dp_markdown,
     dp_study,
     dp_study_cached,
+    dp_versus_unlearning,
     plot_dp_vs_unlearning,
     train_dp_model,
 )
@@ -196,6 +215,7 @@ from .experiments.sweeps import (
 from .privacy.dp import (
     DPConfig,
     epsilon_spent,
+    group_privacy,
     noise_multiplier_for,
     train_dp_language_model,
     window_dataset,
@@ -251,7 +271,10 @@ from .unlearning.fisher_methods import (
 __all__ = [
     "__version__",
     "attack_scores",
+    "BANDS",
+    "baseline_comparison",
     "baseline_sweep",
+    "benchmark_claims",
     "benchmark_markdown",
     "BenchmarkConfig",
     "BlockFisher",
@@ -260,7 +283,6 @@ __all__ = [
     "canary_forget_items",
     "canary_texts",
     "canary_trie",
-    "case_study_config",
     "case_study_experiment",
     "case_study_markdown",
     "CaseStudyConfig",
@@ -277,6 +299,8 @@ __all__ = [
     "corpus_path",
     "cosine",
     "count_parameters",
+    "curvature_matrices",
+    "damping_study",
     "DataError",
     "DenseFisher",
     "DiagonalFisher",
@@ -285,6 +309,7 @@ __all__ = [
     "dp_markdown",
     "dp_study",
     "dp_study_cached",
+    "dp_versus_unlearning",
     "DPComparisonConfig",
     "DPConfig",
     "empirical_fisher",
@@ -300,6 +325,7 @@ __all__ = [
     "FisherForgettingConfig",
     "FisherRemovalConfig",
     "fit",
+    "forgetting_gentler",
     "forgetting_sweep",
     "FullProfileError",
     "FullProfilePlan",
@@ -308,6 +334,7 @@ __all__ = [
     "gradient_matrix",
     "GradientAscentConfig",
     "GradientDifferenceConfig",
+    "group_privacy",
     "ihvp_cg",
     "ihvp_exact",
     "ihvp_lissa",
@@ -330,15 +357,20 @@ __all__ = [
     "MemoryBudgetError",
     "METHODS",
     "MLPProblem",
+    "model_scale",
     "ModelConfig",
+    "newton_fisher_cosine",
     "newton_removal",
+    "newton_removal_study",
     "newton_step",
     "NewtonConfig",
     "noise_multiplier_for",
     "NPOConfig",
+    "other_canary_shift",
     "ParameterSpace",
     "per_sample_gradients",
     "perturb",
+    "pii_verdicts",
     "plot_benchmark",
     "plot_candidate_distribution",
     "plot_case_study",
@@ -387,7 +419,10 @@ __all__ = [
     "solve_damped",
     "spectrum",
     "structure_costs",
+    "structure_costs_markdown",
+    "sweep_markdown",
     "sweep_unlearning",
+    "time_per_sample_gradients",
     "tokenize_lines",
     "tpr_at_fpr",
     "train_bpe_tokenizer",
@@ -402,6 +437,7 @@ __all__ = [
     "true_fisher",
     "unlearn",
     "unlearning_setup",
+    "unlearning_table",
     "UnlearningError",
     "UnlearningReport",
     "UnlearningSetup",

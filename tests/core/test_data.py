@@ -32,10 +32,11 @@ def test_readme_lists_every_checksum():
 
 def test_split_is_deterministic_disjoint_and_complete():
     lines = [f"line {i}" for i in range(23456)]
-    train, val, test = split_lines(lines)
+    splits = split_lines(lines)
+    train, val, test = splits.train, splits.validation, splits.test
     assert sorted(train + val + test) == sorted(lines)
     assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
-    assert split_lines(lines) == (train, val, test)
+    assert split_lines(lines) == splits
     assert 0.04 < len(val) / len(lines) < 0.06
 
 

@@ -1,3 +1,5 @@
+import inspect
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -43,4 +45,8 @@ def test_tradeoff_plot_has_one_line_per_group_and_the_reference_points():
     chosen = ax.get_lines()[labels.index("chosen setting")]
     assert (chosen.get_xdata()[0], chosen.get_ydata()[0]) == (5.5, 2.0)
     assert ax.get_lines()[labels.index("+20% perplexity")].get_xdata()[0] == 4.9 * 1.2
+    plt.close(ax.figure)
+    assert inspect.signature(tl.plot_tradeoff).parameters["max_ppl_increase"].default is tl.BANDS.perplexity_increase
+    ax = tl.plot_tradeoff(sweep, max_ppl_increase=0.5)
+    assert "+50% perplexity" in [line.get_label() for line in ax.get_lines()]
     plt.close(ax.figure)

@@ -1,6 +1,11 @@
+"""The reproduction command end to end at the tiny profile (minutes: marked slow)."""
 import json
 
+import pytest
+
 from tutorial_lib.course.reproduce import main
+
+pytestmark = pytest.mark.slow
 
 
 def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch, tiny_cache):

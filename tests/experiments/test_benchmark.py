@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
+from tutorial_lib.core.profiles import PROFILES, model_scale  # noqa: E402
 from tutorial_lib.experiments.benchmark import (
     BenchmarkConfig,
     benchmark_cell,
@@ -32,6 +33,14 @@ def test_config_errors_and_profiles():
     small = BenchmarkConfig.for_profile("small")
     assert len(small.corpora) == 4 and len(small.seeds) >= 3 and small.run_profile == "tiny"
     assert BenchmarkConfig.for_profile("tiny").seeds == (0,) and BenchmarkConfig.for_profile("full").run_profile == "small"
+
+
+def test_benchmark_runs_at_the_model_scale():
+    for profile in PROFILES:
+        cfg = BenchmarkConfig.for_profile(profile)
+        assert (cfg.profile, cfg.run_profile) == (profile, model_scale(profile))
+        assert cfg.run_config("bible").profile == model_scale(profile)
+    assert BenchmarkConfig.for_profile("small", run_profile="small").run_profile == "small"  # an override wins
 
 
 def _without_timing(rows: dict) -> dict:

@@ -3,6 +3,8 @@ retraining without a request, forget sets and the measurements at the tiny profi
 import pytest
 
 from tutorial_lib.core.canaries import RandomnessSpace
+from tutorial_lib.core.models import ModelConfig
+from tutorial_lib.core.profiles import PROFILES, model_scale
 from tutorial_lib.experiments.case_studies import train_case_study_model
 from tutorial_lib.experiments.case_study_data import (
     CaseStudyConfig,
@@ -61,6 +63,18 @@ def test_the_case_study_inserts_every_request_where_it_says():
 def test_bad_case_study_configs_are_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CaseStudyConfig.for_profile("tiny", **kwargs)
+
+
+def test_the_case_study_runs_at_the_model_scale():
+    """``small`` runs the tiny-scale case study (CPU), ``full`` the small-scale one: ``profile`` holds the scale."""
+    for profile in PROFILES:
+        cfg = CaseStudyConfig.for_profile(profile)
+        assert cfg.profile == model_scale(profile) and cfg.model == ModelConfig.for_profile(model_scale(profile))
+    assert CaseStudyConfig.for_profile("small") == CaseStudyConfig.for_profile("tiny")
+    tiny, full = CaseStudyConfig.for_profile("tiny"), CaseStudyConfig.for_profile("full")
+    assert (tiny.secret_length, tiny.train.steps, tiny.train.eval_steps) == (4, 3 * 150, ())  # three times the canary runs' steps
+    assert (full.secret_length, full.train.steps, full.model.n_embd) == (6, 800, 96)
+    assert CaseStudyConfig.for_profile("small", subject_repeats=2).subject_repeats == 2
 
 
 def test_retraining_without_an_unknown_request_is_an_error(tmp_path):

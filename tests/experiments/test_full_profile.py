@@ -222,10 +222,12 @@ def test_llama_style_blocks_are_found_on_the_meta_device():
         model = LlamaForCausalLM(config)
     assert block_mlp_names(model, 3) == [f"model.layers.{i}.mlp" for i in range(3)]
     one = estimate_fisher_memory("kfac", 3 * 32 * 64, 8, layers=[(64, 32), (64, 32), (32, 64)])
-    patterns, space, need, _ = choose_fisher_subset(model, 3, "kfac", 8, one)
+    subset = choose_fisher_subset(model, 3, "kfac", 8, one)
+    patterns, space, need = subset.patterns, subset.space, subset.need
     assert patterns == ("model.layers.2.mlp",) and space.dim == 3 * 32 * 64 and need == one
     # RMSNorm has no per-sample gradient by hooks: with room for everything, the MLPs are chosen
-    patterns, space, _, _ = choose_fisher_subset(model, 3, "kfac", 8, 2**40)
+    subset = choose_fisher_subset(model, 3, "kfac", 8, 2**40)
+    patterns, space = subset.patterns, subset.space
     assert patterns == tuple(f"model.layers.{i}.mlp" for i in range(3)) and space.dim == 3 * 3 * 32 * 64
     with pytest.raises(FullProfileError, match="per-sample gradients of model.layers.0.input_layernorm"):
         choose_fisher_subset(model, 3, "kfac", 8, 2**40, fisher_params="all")

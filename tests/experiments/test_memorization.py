@@ -55,7 +55,8 @@ def test_checkpoint_with_another_config_is_refused(tiny_run):
     wanted = dict(meta["config"], seed=99)
     with pytest.raises(CheckpointMismatchError, match="seed"):
         load_run(folder, wanted)
-    model, tokenizer, record = load_run(folder, meta["config"])
+    loaded = load_run(folder, meta["config"])
+    model, tokenizer, record = loaded.model, loaded.tokenizer, loaded.record
     assert "history" in record and len(tokenizer) == model.config.vocab_size
     assert list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin"))
 

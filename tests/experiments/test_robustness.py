@@ -1,11 +1,13 @@
 """Relearning attack, sequential requests, sensitivity and the recommendation table (tiny profile)."""
 import dataclasses
+import inspect
 import math
 
 import pytest
 import torch
 
 from tutorial_lib.core.canaries import NAMES, RandomnessSpace, make_canaries
+from tutorial_lib.core.profiles import BANDS, PROFILES, model_scale
 from tutorial_lib.experiments.recommendations import (
     recommendations,
     recommendations_markdown,
@@ -137,6 +139,29 @@ def test_recommendations_follow_the_bands():
     assert strict["fisher_removal"]["factors_in_bands"] == [2.0] and "default outside" in strict["fisher_removal"]["verdict"]
     table = recommendations_markdown(list(rows.values()))
     assert table.count("\n") == 3 and "eta = 0.001 | 1, 2 | 1/2 | 2.50 ± 2.00 | 0.40 |" in table
+
+
+def test_recommendations_default_to_the_course_bands():
+    params = inspect.signature(recommendations).parameters
+    assert params["tolerance_bits"].default is BANDS.exposure_bits  # read from BANDS, not a copy of its numbers
+    assert params["max_ppl_increase"].default is BANDS.perplexity_increase
+    rows = [{"cycle": 0, "val_perplexity": 10.0, "exposure": {"a": 12.0, "b": 11.0, "c": 3.0, "z": 0.5}},
+            {"cycle": 1, "val_perplexity": 11.0, "exposure": {"a": 1.0, "b": 10.0, "c": 3.0, "z": 0.5}},
+            {"cycle": 2, "val_perplexity": 12.5, "exposure": {"a": 4.0, "b": 2.0, "c": 2.0, "z": 0.5}}]
+    sequential = {**_study(rows), "cycles": {"fisher_removal": rows}}
+    default = {r["method"]: r for r in recommendations({"rows": {}}, sequential, _sensitivity(), {})}["fisher_removal"]
+    assert default["sequential_perplexity_ratio"] == 1.25 and "perplexity drifts" in default["verdict"]  # 1.25 > 1 + 0.2
+    looser = {r["method"]: r for r in recommendations({"rows": {}}, sequential, _sensitivity(), {}, max_ppl_increase=0.3)}
+    assert "perplexity drifts" not in looser["fisher_removal"]["verdict"]  # the drift threshold is the perplexity band
+
+
+def test_robustness_runs_at_the_model_scale():
+    for profile in PROFILES:
+        cfg = RobustnessConfig.for_profile(profile)
+        assert (cfg.profile, cfg.run_profile) == (profile, model_scale(profile))
+        assert cfg.relearning == RelearningConfig.for_profile(profile)
+    assert RelearningConfig.for_profile("tiny") == RelearningConfig(steps=20, checkpoints=(10, 20))
+    assert RelearningConfig.for_profile("small") == RelearningConfig()
 
 
 def test_relearning_study_at_tiny(tiny_cache, monkeypatch):

@@ -1,9 +1,11 @@
 """Sweeps, the rule that picks defaults, the result cache and repeated requests (tiny profile)."""
+import inspect
 import math
 
 import pytest
 
 from tutorial_lib.core.cache import cached_result
+from tutorial_lib.core.profiles import BANDS
 from tutorial_lib.experiments import sweeps as studies
 from tutorial_lib.experiments.memorization import MemorizationConfig
 from tutorial_lib.unlearning.fisher_methods import FisherRemovalConfig
@@ -27,6 +29,23 @@ def test_choose_setting_follows_the_bands():
     ties = [_row(1, 13.0, 6.0), _row(2, 13.0, 5.0)]
     assert choose(ties, "c", original, oracle)["params"]["x"] == 2  # equal exposure: lower perplexity
     assert choose(rows[-1:], "c", original, oracle) is None
+
+
+def test_choose_setting_defaults_are_the_course_bands():
+    params = inspect.signature(studies.choose_setting).parameters
+    # read from BANDS, not a copy of its numbers: the very objects
+    assert params["tolerance_bits"].default is BANDS.exposure_bits
+    assert params["max_ppl_increase"].default is BANDS.perplexity_increase
+    original = {"val_perplexity": 10.0, "exposure": {"c": 18.0}}
+    oracle = {"val_perplexity": 10.0, "exposure": {"c": 1.0}}
+    # preferring the highest perplexity picks the point at the bands' edges: x=1 sits just inside both
+    # (1 + 3 bits, 10 x 1.2), x=2 just outside the exposure band, x=3 just outside the perplexity budget
+    rows = [_row(1, 4.0, 11.99), _row(2, 4.01, 11.995), _row(3, 1.0, 12.01), _row(4, 2.0, 10.5)]
+    highest = {"prefer": lambda r: -r["val_perplexity"]}
+    assert studies.choose_setting(rows, "c", original, oracle, **highest)["params"]["x"] == 1
+    assert studies.choose_setting(rows, "c", original, oracle, tolerance_bits=3.02, **highest)["params"]["x"] == 2
+    assert studies.choose_setting(rows, "c", original, oracle, max_ppl_increase=0.21, **highest)["params"]["x"] == 3
+    assert studies.choose_setting(rows, "c", original, oracle, max_ppl_increase=0.19, **highest)["params"]["x"] == 4
 
 
 def test_cached_result_computes_once(tmp_path):

@@ -50,7 +50,8 @@ def test_opacus_per_sample_gradients_match_a_loop():
     data = windows(3)
     model = tiny_gpt2(torch.float64)
     expected = [torch.autograd.grad(window_loss(model, data[i:i + 1]), list(model.parameters())) for i in range(3)]
-    _, private, _, loader = private_sgd(model, data, batch_size=3, noise=0.0, clip=1.0)
+    run = private_sgd(model, data, batch_size=3, noise=0.0, clip=1.0)
+    private, loader = run.model, run.loader
     assert any(isinstance(m, Conv1D) for m in model.modules())
     (batch,) = next(iter(loader))
     backward(window_loss(private, batch))
@@ -69,7 +70,8 @@ def test_clipped_per_example_gradients_never_exceed_the_bound():
         before = flat(model)
         raw = torch.autograd.grad(window_loss(model, data[i:i + 1]), list(model.parameters()))
         assert torch.sqrt(sum((g ** 2).sum() for g in raw)) > 10 * bound
-        _, private, optimizer, loader = private_sgd(model, data[i:i + 1], batch_size=1, noise=0.0, clip=bound)
+        run = private_sgd(model, data[i:i + 1], batch_size=1, noise=0.0, clip=bound)
+        private, optimizer, loader = run.model, run.optimizer, run.loader
         (batch,) = next(iter(loader))
         optimizer.zero_grad()
         backward(window_loss(private, batch))
@@ -84,7 +86,8 @@ def test_noise_free_unclipped_dp_step_equals_plain_sgd():
     data = windows(4)
     model = tiny_gpt2(torch.float64)
     plain = copy.deepcopy(model)
-    _, private, optimizer, loader = private_sgd(model, data, batch_size=4, noise=0.0, clip=1e12, lr=0.1)
+    run = private_sgd(model, data, batch_size=4, noise=0.0, clip=1e12, lr=0.1)
+    private, optimizer, loader = run.model, run.optimizer, run.loader
     (batch,) = next(iter(loader))
     assert torch.equal(batch, data)
     optimizer.zero_grad()
@@ -112,7 +115,8 @@ def test_epsilon_falls_as_the_noise_grows_and_calibration_round_trips():
 def test_position_embedding_per_sample_gradients_have_the_batch_dimension():
     data = windows(3)
     model = tiny_gpt2()
-    _, private, optimizer, loader = private_sgd(model, data, batch_size=3, noise=0.0, clip=1.0)
+    run = private_sgd(model, data, batch_size=3, noise=0.0, clip=1.0)
+    private, optimizer, loader = run.model, run.optimizer, run.loader
     (batch,) = next(iter(loader))
     backward(window_loss(private, batch))
     wpe = model.transformer.wpe.weight

@@ -73,7 +73,8 @@ def _two_rank_worker() -> dict:
     F = DistributedFisher(G_local, DAMPING)
     F_cg = DistributedFisher(G_local, DAMPING, solver="cg", rtol=1e-12)
     G_all_params, _ = distributed_gradient_matrix(model, batches[:2], None, gather=True)
-    _, delta, step = distributed_newton_step(model, data, space, cfg, SEED)
+    newton = distributed_newton_step(model, data, space, cfg, SEED)
+    delta, step = newton.delta, newton.step
     step_cg = cfg.eta / (data.n_train - data.k) * F_cg.inverse_product(delta)  # the same Fisher batches
     out = dict(
         rank=rank, world=world, m=F.m, offset=F.offset, sizes=F.sizes,
@@ -218,7 +219,8 @@ def test_without_a_process_group_it_is_the_library_itself(problem, reference):
     torch.testing.assert_close(F.dense(), D.dense(), rtol=1e-12, atol=1e-15)
     delta = forget_gradient(model, data, space)
     assert torch.equal(distributed_forget_gradient(model, data, space), delta)
-    F2, delta2, step = distributed_newton_step(model, data, space, cfg, SEED)
+    newton = distributed_newton_step(model, data, space, cfg, SEED)
+    F2, step = newton.fisher, newton.step
     want = cfg.eta / (data.n_train - data.k) * build_fisher(model, data, space, cfg, SEED).inverse_product(delta)
     assert isinstance(F2, DistributedFisher) and F2.m == cfg.n_fisher
     torch.testing.assert_close(step, want, rtol=1e-12, atol=0)

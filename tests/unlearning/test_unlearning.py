@@ -135,10 +135,11 @@ def tiny_unlearning(tiny_cache):
 
     cache = tiny_cache
     cfg = tl.MemorizationConfig.for_profile("tiny")
-    model, tok, canaries, splits, _, _ = tl.train_memorization_model(cfg, seed=0, cache_dir=cache, progress=False)
+    run = tl.train_memorization_model(cfg, seed=0, cache_dir=cache, progress=False)
+    model, tok, canaries, splits = run.model, run.tokenizer, run.canaries, run.splits
     big = max(canaries, key=lambda c: c.insertions)
-    retrained, *_ = train_retrained_model(cfg, (big.name,), seed=0, cache_dir=cache, progress=False)
-    _, _, _, inserted = prepare_memorization(cfg, 0)
+    retrained = train_retrained_model(cfg, (big.name,), seed=0, cache_dir=cache, progress=False).model
+    inserted = prepare_memorization(cfg, 0).inserted
     return cfg, model, retrained, tok, canaries, splits, inserted, big
 
 

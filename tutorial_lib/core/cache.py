@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CACHE_ENV = "TUTORIAL_CACHE_DIR"
 
@@ -33,6 +35,16 @@ def config_key(config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@dataclass
+class LoadedRun:
+    """A checkpoint read back by :func:`load_run`: the model (in eval mode), its tokenizer and the
+    record the run stored beside it (history, timings, whatever it measured)."""
+
+    model: Any
+    tokenizer: Any
+    record: dict
+
+
 def save_run(folder: str | os.PathLike, model, tokenizer, config: dict, record: dict) -> Path:
     """Save weights (safetensors), tokenizer and ``run.json`` = {config, record} into ``folder``."""
     folder = Path(folder)
@@ -45,8 +57,8 @@ def save_run(folder: str | os.PathLike, model, tokenizer, config: dict, record: 
     return folder
 
 
-def load_run(folder: str | os.PathLike, expected_config: dict | None = None, device: str = "cpu"):
-    """Load ``(model, tokenizer, record)`` from ``folder``; raise :class:`CheckpointMismatchError`
+def load_run(folder: str | os.PathLike, expected_config: dict | None = None, device: str = "cpu") -> LoadedRun:
+    """Load a :class:`LoadedRun` (model, tokenizer, record) from ``folder``; raise :class:`CheckpointMismatchError`
     naming the differing keys when ``expected_config`` is given and differs from the stored one."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -66,7 +78,7 @@ def load_run(folder: str | os.PathLike, expected_config: dict | None = None, dev
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True).to(device)
     model.eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
-    return model, tokenizer, meta.get("record", {})
+    return LoadedRun(model, tokenizer, meta.get("record", {}))
 
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -76,11 +88,11 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 #: study runs. Every other ``.py`` file under the package, in every sub-package, is fingerprinted, so a
 #: new or moved module counts unless it is listed here. Package ``__init__.py`` files only re-export.
 NOT_FINGERPRINTED = (
-    "_version.py", "course/", "core/plotting.py", "curvature/newton.py", "curvature/ground_truth.py",
+    "_version.py", "course/", "core/plotting.py", "curvature/newton.py", "curvature/ground_truth.py", "curvature/studies.py",
     "privacy/dp.py", "privacy/mia.py", "unlearning/distributed.py", "unlearning/distributed_fisher.py",
     "experiments/benchmark.py", "experiments/dp_comparison.py", "experiments/case_studies.py",
     "experiments/case_study_data.py", "experiments/robustness.py", "experiments/recommendations.py",
-    "experiments/full_profile.py", "experiments/full_profile_checks.py",
+    "experiments/full_profile.py", "experiments/full_profile_checks.py", "experiments/comparisons.py",
 )
 
 

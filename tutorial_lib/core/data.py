@@ -86,17 +86,18 @@ class CorpusSplits:
         return f"{self.name}: " + ", ".join(f"{k} {v:,} chars" for k, v in sizes.items())
 
 
-def split_lines(lines: list[str], block_lines: int = 50, holdout_every: int = 20) -> tuple[list, list, list]:
+def split_lines(lines: list[str], block_lines: int = 50, holdout_every: int = 20, name: str = "lines") -> CorpusSplits:
     """Deterministic split: blocks of ``block_lines`` consecutive lines (fewer for short texts, so that
     there are at least ``10 * holdout_every`` blocks); of every ``holdout_every`` blocks the
-    second-to-last goes to validation and the last to test, the rest to train."""
+    second-to-last goes to validation and the last to test, the rest to train. Returns the
+    :class:`CorpusSplits` named ``name``."""
     block_lines = max(1, min(block_lines, len(lines) // (10 * holdout_every)))
     train, validation, test = [], [], []
     for start in range(0, len(lines), block_lines):
         block = lines[start : start + block_lines]
         slot = (start // block_lines) % holdout_every
         (validation if slot == holdout_every - 2 else test if slot == holdout_every - 1 else train).extend(block)
-    return train, validation, test
+    return CorpusSplits(name=name, train=train, validation=validation, test=test)
 
 
 def load_corpus(name: str, max_chars: int | None = None, directory: str | os.PathLike | None = None) -> CorpusSplits:
@@ -120,5 +121,4 @@ def load_corpus(name: str, max_chars: int | None = None, directory: str | os.Pat
             kept.append(line)
             total += len(line) + 1
         lines = kept
-    train, validation, test = split_lines(lines)
-    return CorpusSplits(name=name, train=train, validation=validation, test=test)
+    return split_lines(lines, name=name)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 
-from .profiles import resolve_profile
+from .profiles import config_for_profile, resolve_profile
 
 
 @dataclass(frozen=True)
@@ -22,15 +23,19 @@ class ModelConfig:
     n_positions: int = 128
     pretrained_path: str | None = None
 
-    @classmethod
-    def for_profile(cls, profile: str) -> "ModelConfig":
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 64},
+        "small": {"n_layer": 4, "n_embd": 96, "n_head": 4, "n_positions": 128},
+        "full": {"n_layer": 6, "n_embd": 384, "n_head": 6, "n_positions": 256},
+    }
 
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides) -> "ModelConfig":
+        """The profile's row of ``PROFILE_DEFAULTS``, then ``overrides``; ``full`` loads the
+        pretrained model at ``$TUTORIAL_MODEL_PATH`` when it is set."""
         profile = resolve_profile(profile)
-        if profile == "tiny":
-            return cls(n_layer=2, n_embd=64, n_head=4, n_positions=64)
-        if profile == "small":
-            return cls(n_layer=4, n_embd=96, n_head=4, n_positions=128)
-        return cls(n_layer=6, n_embd=384, n_head=6, n_positions=256, pretrained_path=os.environ.get("TUTORIAL_MODEL_PATH"))
+        computed = {"pretrained_path": os.environ.get("TUTORIAL_MODEL_PATH")} if profile == "full" else {}
+        return config_for_profile(cls, profile, overrides, **computed)
 
     def to_dict(self) -> dict:
         return asdict(self)

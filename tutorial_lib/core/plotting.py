@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .profiles import BANDS
+
 
 def use_style() -> None:
     """The course's one plot style (seaborn "whitegrid"). Call it once, in the setup cell."""
@@ -121,13 +123,15 @@ def _fmt(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def plot_tradeoff(sweep: dict, ax=None, group: str | None = None, max_ppl_increase: float = 0.2, label: str | None = None,
-                  color: str | None = None, references: bool = True, annotate: bool = True, marker: str = "o-"):
+def plot_tradeoff(sweep: dict, ax=None, group: str | None = None, max_ppl_increase: float = BANDS.perplexity_increase,
+                  label: str | None = None, color: str | None = None, references: bool = True, annotate: bool = True,
+                  marker: str = "o-"):
     """Exposure of the forgotten canary against validation perplexity for every point of a sweep
     (:func:`~tutorial_lib.studies.removal_sweep` and friends): one line per value of ``group`` (a
     swept field), the other fields annotated; the original (square), the retrained oracle (star), the
-    perplexity budget (dotted) and the sweep's pick (ringed); ``references=False`` draws the points
-    only (for a second sweep on the same axes). Notebooks 04 to 06."""
+    perplexity budget (dotted; by default :data:`~tutorial_lib.core.profiles.BANDS`) and the sweep's
+    pick (ringed); ``references=False`` draws the points only (for a second sweep on the same axes).
+    Notebooks 04 to 06."""
     ax = _axes(ax)
     target = sweep["target"]
     rows = [r for r in sweep["rows"] if "error" not in r]

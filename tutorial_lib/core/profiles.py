@@ -1,9 +1,11 @@
 """Run profiles: ``tiny`` (unit tests, seconds), ``small`` (CPU and CI, minutes), ``full`` (GPU).
 
-Used by every notebook (setup cell) and by every ``*Config.for_profile``.
+Used by every notebook (setup cell) and by every ``*Config.for_profile``. Also the profile-to-model-scale
+rule of the multi-model experiments (:func:`model_scale`) and the course's acceptance bands (:data:`BANDS`).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 PROFILES = ("tiny", "small", "full")
@@ -29,6 +31,47 @@ def resolve_profile(profile: str | None = None) -> str:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
     return name
+
+
+#: the model scale of each profile's multi-model experiments (see :func:`model_scale`)
+MODEL_SCALES = {"tiny": "tiny", "small": "tiny", "full": "small"}
+
+
+def model_scale(profile: str | None = None) -> str:
+    """The profile whose models the multi-model experiments run at ``profile`` (the benchmark, the
+    DP comparison, the case studies, robustness and relearning): ``tiny`` for ``tiny`` and ``small``
+    (on CPU these train many models, so ``small`` uses the ``tiny`` profile's models), ``small`` for
+    ``full``. ``profile`` is resolved by :func:`resolve_profile`."""
+    return MODEL_SCALES[resolve_profile(profile)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bands:
+    """The course's acceptance bands for an unlearned model: its exposure of the forgotten canary
+    within ``exposure_bits`` bits of the retrained model's (or below it), and its validation
+    perplexity at most ``1 + perplexity_increase`` times the original model's."""
+
+    exposure_bits: float = 3.0
+    perplexity_increase: float = 0.20
+
+
+#: the acceptance bands that the sweeps' picks, the recommendations, the plots and the notebooks read
+BANDS = Bands()
+
+
+def config_for_profile(cls, profile: str | None, overrides: dict, /, **computed):
+    """Build the ``*Config`` dataclass ``cls`` for ``profile`` (resolved by :func:`resolve_profile`):
+    its per-profile table ``cls.PROFILE_DEFAULTS[profile]``, then ``computed`` (what the class
+    derives from the profile: nested configs, the model scale, a ``profile`` field...), then
+    ``overrides``. An override that is not a field of ``cls`` raises ``TypeError`` naming it.
+    Every ``*Config.for_profile`` calls this."""
+    profile = resolve_profile(profile)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in overrides if k not in names]
+    if unknown:
+        raise TypeError(f"{cls.__name__}.for_profile() got unknown override{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(map(repr, unknown))}; {cls.__name__}'s fields are {', '.join(names)}")
+    return cls(**{**cls.PROFILE_DEFAULTS[profile], **computed, **overrides})
 
 
 def resolve_device(device: str | None = None) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
 from .evaluation import compute_loss
-from .profiles import progress_options, resolve_profile
+from .profiles import config_for_profile, progress_options
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,18 @@ class TrainConfig:
     eval_blocks: int = 64
     eval_steps: tuple[int, ...] = ()
 
-    @classmethod
-    def for_profile(cls, profile: str) -> "TrainConfig":
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "tiny": {"steps": 150, "batch_size": 16, "block_size": 64, "lr": 5e-3, "warmup_steps": 10, "eval_every": 50,
+                 "eval_blocks": 16, "eval_steps": (25,)},
+        "small": {"steps": 800, "eval_every": 200, "eval_steps": (50, 100)},
+        "full": {"steps": 4000, "batch_size": 64, "block_size": 256, "lr": 1e-3, "warmup_steps": 200, "eval_every": 500,
+                 "eval_blocks": 128, "eval_steps": (100, 250)},
+    }
 
-        profile = resolve_profile(profile)
-        if profile == "tiny":
-            return cls(steps=150, batch_size=16, block_size=64, lr=5e-3, warmup_steps=10, eval_every=50, eval_blocks=16, eval_steps=(25,))
-        if profile == "small":
-            return cls(steps=800, eval_every=200, eval_steps=(50, 100))
-        return cls(steps=4000, batch_size=64, block_size=256, lr=1e-3, warmup_steps=200, eval_every=500, eval_blocks=128, eval_steps=(100, 250))
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides) -> "TrainConfig":
+        """The profile's row of ``PROFILE_DEFAULTS``, then ``overrides``."""
+        return config_for_profile(cls, profile, overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +61,35 @@ class TrainHistory:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class TrainedModel:
+    """A trained (or cached) model of a run, with what it was trained on: ``canaries`` and corpus
+    ``splits`` (empty for runs without canaries), the stored ``record`` (``history``,
+    ``train_seconds``, ...) and ``from_cache``. Returned by the experiments' ``train_*`` functions."""
+
+    model: Any
+    tokenizer: Any
+    record: dict
+    from_cache: bool
+    canaries: list = field(default_factory=list)
+    splits: Any = None
+
+    @property
+    def val_perplexity(self) -> float | None:
+        """The last validation perplexity of the training run (None without a history)."""
+        losses = self.record.get("history", {}).get("val_loss") or []
+        return math.exp(losses[-1]) if losses else None
+
+    def summary(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        ppl = self.val_perplexity
+        how = "from the cache" if self.from_cache else f"trained in {self.record.get('train_seconds', float('nan')):.0f} s"
+        return f"{n:,}-parameter model, validation perplexity {ppl:.2f}, {how}" if ppl else f"{n:,}-parameter model, {how}"
+
+    def to_dict(self) -> dict:
+        return {"record": self.record, "from_cache": self.from_cache, "canaries": [c.to_dict() for c in self.canaries]}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

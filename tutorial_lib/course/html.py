@@ -1,4 +1,18 @@
-"""TODO docstring (course)"""
+"""The ``html`` command (:mod:`tutorial_lib.course.commands`): the executed course as static HTML pages.
+
+:func:`render_html` runs each chosen notebook top to bottom in a fresh kernel of this Python
+(:func:`execute_notebook`, with the profile set, inline figures and no progress bars), renders it with
+nbconvert's ``lab`` template to ``NAME.html`` and writes ``index.html`` listing every page under its
+title. The pages are self-contained and work offline: figures are embedded as ``data:`` images, the
+style sheets are inlined, and the template's scripts that load from a CDN (MathJax, require.js,
+Mermaid, the widget manager) are left out. So formulas show as their TeX source, and widgets are
+static: an ``interact`` shows the output of its first call under a note that the controls need a
+running notebook (:func:`static_widgets`). Links to other rendered notebooks point to their pages. A
+failing or timed-out cell raises :class:`~tutorial_lib.course.student.CourseError` naming the notebook
+and the cell.
+
+Used by ``python -m tutorial_lib.course html`` and the test suite's browser check, not by the notebooks.
+"""
 from __future__ import annotations
 
 import html as html_lib

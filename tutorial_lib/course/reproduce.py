@@ -24,11 +24,11 @@ from ..experiments.benchmark import (
     run_benchmark,
 )
 from ..experiments.case_studies import (
-    case_study_config,
     case_study_experiment,
     case_study_markdown,
     plot_case_study,
 )
+from ..experiments.case_study_data import CaseStudyConfig
 from ..experiments.dp_comparison import (
     DPComparisonConfig,
     dp_comparison,
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in write_dp(dp_comparison(dp_cfg, seed=args.seed, device=args.device), out):
         print(f"  wrote {path}")
 
-    cs_cfg = case_study_config(profile)
+    cs_cfg = CaseStudyConfig.for_profile(profile)
     print(f"case studies (personal data, verbatim text): {cs_cfg.profile}-scale model")
     result = case_study_experiment(cs_cfg, seed=args.seed, device=args.device)[0]
     for path in write_case_studies(result, cs_cfg.to_dict(), out):

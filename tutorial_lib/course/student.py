@@ -1,4 +1,15 @@
-"""TODO docstring (course)"""
+"""The ``student`` command (:mod:`tutorial_lib.course.commands`): the course without its solutions,
+and the notebook selection the instructor's commands share.
+
+:func:`student_notebook` replaces each run of consecutive solution cells (tagged ``"solution"``) by one
+stub code cell (``# Your solution here``, tagged ``"exercise-stub"``) and clears code outputs.
+:func:`write_student_copy` writes the chosen notebooks to an output folder, after checking that each
+notebook's ``Exercises`` heading and solution cells match (:func:`exercise_problem`), and never into
+``notebooks/`` itself. :func:`select_notebooks` and :func:`output_dir` choose the notebooks and check the
+output folder for both ``student`` and ``html``; :class:`CourseError` is the commands' refusal.
+
+Used by ``python -m tutorial_lib.course student``, not by the notebooks.
+"""
 from __future__ import annotations
 
 import copy

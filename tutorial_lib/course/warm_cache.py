@@ -22,7 +22,8 @@ import time
 from ..core.canaries import make_canaries
 from ..core.profiles import resolve_profile
 from ..experiments.benchmark import BenchmarkConfig, benchmark_cell
-from ..experiments.case_studies import case_study_config, case_study_experiment
+from ..experiments.case_studies import case_study_experiment
+from ..experiments.case_study_data import CaseStudyConfig
 from ..experiments.dp_comparison import DPComparisonConfig, dp_study
 from ..experiments.memorization import (
     MemorizationConfig,
@@ -72,7 +73,7 @@ def warm(profile: str | None = None, seed: int = 0, device: str | None = None, p
                  lambda corpus=corpus: dp_study(dp.run_config(corpus), dp.epsilons, seed, device, dp.max_grad_norm, progress=progress))
                 for corpus in dp.corpora]
 
-    results.append(("notebook 09: case studies", lambda: case_study_experiment(case_study_config(profile), seed, device, progress=progress)))
+    results.append(("notebook 09: case studies", lambda: case_study_experiment(CaseStudyConfig.for_profile(profile), seed, device, progress=progress)))
     results += [("notebook 10: relearning attack", lambda: relearning_study(robust, seed, device, progress=progress)),
                 ("notebooks 05 and 10: sequential requests", lambda: sequential_study(robust, seed, device, progress=progress)),
                 ("notebook 10: sensitivity", lambda: sensitivity_study(robust, seed, device, progress=progress))]
@@ -83,7 +84,8 @@ def warm(profile: str | None = None, seed: int = 0, device: str | None = None, p
     rows = []
     for i, (label, job) in enumerate(jobs):  # models first: the studies load them
         start = time.perf_counter()
-        cached = job()[-1]
+        out = job()  # a model run (TrainedModel) or a study's (result, from_cache)
+        cached = out.from_cache if i < len(models) else out[-1]
         rows.append({"item": label, "cached": cached, "seconds": time.perf_counter() - start})
         done = "trained" if i < len(models) else "computed"
         print(f"  {label}: {'in the cache' if cached else done} ({rows[-1]['seconds']:.0f} s)", flush=True)

@@ -1,6 +1,6 @@
 """The damped empirical Fisher F̂_λ = λI + (1/m) Σ g_i g_iᵀ in four structures, plus K-FAC.
 
-Every structure answers the same questions about the same matrix (``../shared/PAPER.md`` §2):
+Every structure answers the same questions about the same matrix (``docs/method.md`` §2):
 ``matvec`` (F̂_λ v), ``inverse_product`` (F̂_λ⁻¹ v), ``power_product`` (F̂_λ^p v, for Fisher
 Forgetting's p = −1/2, −1/4) where the structure allows it, and ``dense()`` for checking.
 

@@ -154,6 +154,42 @@ def spectrum(M: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh((M + M.T) / 2).flip(0)
 
 
+def curvature_matrices(model, batch, params=None, outputs_fn=lm_outputs, n_draws: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Notebook 02's four d×d matrices over the subset, keyed by their legend: ``"Hessian"``,
+    ``"GGN"``, ``"true Fisher (MC, <n_draws> draws)"`` and ``"empirical Fisher"``."""
+    return {"Hessian": exact_hessian(model, batch, params, outputs_fn), "GGN": gauss_newton(model, batch, params, outputs_fn),
+            f"true Fisher (MC, {n_draws} draws)": true_fisher(model, batch, params, outputs_fn, n_draws=n_draws, seed=seed),
+            "empirical Fisher": empirical_fisher(model, batch, params, outputs_fn)}
+
+
+def damped_direction(M: torch.Tensor, g: torch.Tensor, rel_damping: float) -> torch.Tensor:
+    """(M + λ·tr(M)/d·I)⁻¹ g: the damped direction with damping ``rel_damping`` relative to M's mean
+    eigenvalue, so that matrices of different scales are damped alike."""
+    if not rel_damping >= 0:
+        raise ValueError(f"rel_damping must be >= 0, got {rel_damping}")
+    d = M.shape[0]
+    return torch.linalg.solve(M + rel_damping * float(M.trace()) / d * torch.eye(d, dtype=M.dtype), g)
+
+
+def newton_fisher_cosine(model, batch, theta: torch.Tensor | None = None, params=None, outputs_fn=lm_outputs) -> float:
+    """cos∠(H⁻¹∇L, F̂⁻¹∇L): the Newton direction against the (undamped) empirical-Fisher direction,
+    at the model's parameters or, with ``theta`` (flat, the subset), at θ on a copy of the model.
+    Notebook 02's Kunstner example."""
+    import copy
+
+    if theta is not None:
+        model = copy.deepcopy(model)
+        space = _space(model, params)
+        targets = space.parameters(model)
+        with torch.no_grad():
+            for p, value in zip(targets, space.unflatten(torch.as_tensor(theta, dtype=targets[0].dtype)).values()):
+                p.copy_(value)
+        params = space
+    grad = loss_gradient(model, batch, params, outputs_fn)
+    newton = torch.linalg.solve(exact_hessian(model, batch, params, outputs_fn), grad)
+    return cosine(newton, torch.linalg.solve(empirical_fisher(model, batch, params, outputs_fn), grad))
+
+
 CURVATURES = ("gradient", "hessian", "ggn", "empirical_fisher")
 
 

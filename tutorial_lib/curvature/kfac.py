@@ -1,4 +1,13 @@
-"""TODO docstring (fisher)"""
+"""K-FAC for the empirical Fisher (Martens & Grosse 2015; ``docs/method.md`` §2): Kronecker factors
+S ⊗ A per ``Linear``/``Conv1D`` layer, accumulated batch by batch from the layers' inputs and output
+gradients, with exact damping (S ⊗ A + λI)^p through the factors' eigenbases and the damped diagonal
+empirical Fisher for every other parameter (:class:`KFACFisher`, the default structure of Fisher
+Removal and Fisher Forgetting). :func:`structure_costs` builds every structure from the same examples
+and reports each one's build time, the time of one inverse product and its memory estimate.
+
+Notebook 02, "Storing and inverting F̂_λ" and "What each structure costs"; notebooks 04 and 05 through
+the unlearning methods.
+"""
 from __future__ import annotations
 
 import torch
@@ -91,7 +100,8 @@ class KFACFisher(Fisher):
                    for _, own in diag_mods for name in own.values()}
         m = 0
         for batch in batches:
-            records, gouts, losses = capture(model, batch, [mod for _, mod, _ in owners], outputs_fn)
+            captured = capture(model, batch, [mod for _, mod, _ in owners], outputs_fn)
+            records, gouts, losses = captured.records, captured.output_grads, captured.losses
             check_finite([losses, *(r.inputs for r in records if r.inputs.is_floating_point()), *(g for g in gouts if g is not None)])
             B = len(losses)
             m += B

@@ -1,4 +1,12 @@
-"""TODO docstring (fisher)"""
+"""Memory for the curvature structures (``docs/method.md`` §2): what each Fisher structure allocates
+beyond the gradient matrix it is built from (:func:`estimate_memory`), what is free on a device
+(:func:`available_memory`), and :func:`check_memory`, which raises :class:`MemoryBudgetError` before
+a structure that would not fit allocates anything. :data:`STRUCTURES` names the structures.
+
+Used by :mod:`tutorial_lib.curvature.fisher`, :mod:`~tutorial_lib.curvature.kfac` and
+:mod:`~tutorial_lib.curvature.per_sample`, and by the ``full`` profile's plan. Notebook 02, "What each
+structure costs"; notebook 10, section 5.
+"""
 from __future__ import annotations
 
 import os

@@ -9,12 +9,13 @@ points also removes ``k`` shares of it. Used by notebook 01 (Newton updates and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from scipy import linalg, special
 
 from ..core.data import load_corpus
-from ..core.profiles import resolve_profile
+from ..core.profiles import config_for_profile
 
 KINDS = ("logistic", "multinomial", "ridge")
 
@@ -31,15 +32,16 @@ class NewtonConfig:
     n_influence: int = 60
     mlp_hidden: int = 6
 
-    @classmethod
-    def for_profile(cls, profile: str | None = None) -> "NewtonConfig":
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "tiny": {"removal_sizes": (1, 10, 50), "n_influence": 50},
+        "small": {},
+        "full": {"n_per_class": 1000, "n_features": 256, "removal_sizes": (1, 3, 10, 30, 100, 300), "n_influence": 200},
+    }
 
-        profile = resolve_profile(profile)
-        if profile == "tiny":
-            return cls(removal_sizes=(1, 10, 50), n_influence=50)
-        if profile == "small":
-            return cls()
-        return cls(n_per_class=1000, n_features=256, removal_sizes=(1, 3, 10, 30, 100, 300), n_influence=200)
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides) -> "NewtonConfig":
+        """The profile's row of ``PROFILE_DEFAULTS``, then ``overrides``."""
+        return config_for_profile(cls, profile, overrides)
 
 
 @dataclass(frozen=True)

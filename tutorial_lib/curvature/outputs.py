@@ -1,4 +1,14 @@
-"""TODO docstring (per_sample)"""
+"""Per-example losses in one form for every model the curvature code handles: an :class:`Outputs`
+holds the cross-entropy (or squared-error) rows of a batch and the example each row belongs to, so
+that ℓ(θ; x_i) is the mean over the example's counted rows (:func:`sample_losses`).
+:func:`lm_outputs` makes them for a causal LM (next-token rows, padding and ``-100`` labels left
+out), :func:`classifier_outputs` and :func:`regression_outputs` for small torch models;
+:func:`make_lm_batch` pads texts into a batch.
+
+Used by :mod:`tutorial_lib.curvature.per_sample`, :mod:`~tutorial_lib.curvature.kfac`,
+:mod:`~tutorial_lib.curvature.ground_truth` and the unlearning methods. Notebook 02, "Per-sample
+gradients".
+"""
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -1,7 +1,7 @@
 """Per-sample gradients of a causal LM (or a small torch classifier) over a chosen parameter subset.
 
 Fisher Removal and Fisher Forgetting need the matrix G whose rows are per-example gradients
-g_i = ∇ℓ(θ; x_i) (``../shared/PAPER.md`` §2). Four ways to get it, all exact:
+g_i = ∇ℓ(θ; x_i) (``docs/method.md`` §2). Four ways to get it, all exact:
 
 - ``"hooks"`` (default): one forward pass, one backward pass that stops at the outputs of the
   modules holding the chosen parameters, then per-sample weight gradients from the saved
@@ -173,10 +173,20 @@ def owning_modules(model: nn.Module, space: ParameterSpace) -> list[tuple[str, n
     return out
 
 
-def capture(model: nn.Module, batch, modules: list[nn.Module], outputs_fn=lm_outputs):
+@dataclass
+class Captured:
+    """What :func:`capture` recorded: the ``records`` of the modules' inputs and outputs, the
+    ``output_grads`` of Σ_i ℓ_i with respect to each recorded output, and the per-example ``losses``."""
+
+    records: list
+    output_grads: tuple
+    losses: torch.Tensor
+
+
+def capture(model: nn.Module, batch, modules: list[nn.Module], outputs_fn=lm_outputs) -> Captured:
     """Forward ``batch`` once with the inputs and outputs of ``modules`` recorded, and the gradient of
     Σ_i ℓ_i with respect to each recorded output (backward stops there: no weight gradients).
-    Returns (records, output gradients, per-example losses)."""
+    Returns a :class:`Captured`."""
     records: list[_Record] = []
     handles = [m.register_forward_hook(lambda mod, inp, out: records.append(_Record(mod, inp[0].detach(), out))) for m in modules]
     try:
@@ -186,7 +196,7 @@ def capture(model: nn.Module, batch, modules: list[nn.Module], outputs_fn=lm_out
             h.remove()
     live = [r for r in records if r.output.requires_grad]
     grads = torch.autograd.grad(losses.sum(), [r.output for r in live], allow_unused=True)
-    return live, grads, losses.detach()
+    return Captured(live, grads, losses.detach())
 
 
 def _write(kind: str, rec: _Record, gout: torch.Tensor, local: str, out: torch.Tensor, first: bool) -> None:
@@ -244,7 +254,8 @@ def _hooks(model, batch, space: ParameterSpace, outputs_fn) -> torch.Tensor:
                 "use method='loop' or choose another parameter subset"
             )
     local = {id(m): own for _, m, own in owners}
-    records, gouts, losses = capture(model, batch, [m for _, m, _ in owners], outputs_fn)
+    captured = capture(model, batch, [m for _, m, _ in owners], outputs_fn)
+    records, gouts, losses = captured.records, captured.output_grads, captured.losses
     # G's rows are products and sums of these: checking them is as good as checking G, and far smaller
     check_finite([losses, *(r.inputs for r in records if r.inputs.is_floating_point()), *(g for g in gouts if g is not None)])
     B = _batch_size(batch)

@@ -16,12 +16,18 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from ..core.cache import cached_result, result_path
 from ..core.data import CORPORA
-from ..core.profiles import progress_options, resolve_profile
+from ..core.profiles import (
+    config_for_profile,
+    model_scale,
+    progress_options,
+    resolve_profile,
+)
 from ..unlearning.api import METHODS
 from .memorization import MemorizationConfig
 from .sweeps import baseline_grid, trace_sweep, unlearning_setup
@@ -49,6 +55,8 @@ class BenchmarkConfig:
     run_profile: str = "tiny"
     ga_sweep: bool = True
 
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": {"corpora": ("shakespeare", "bible"), "seeds": (0,)}, "small": {}, "full": {}}
+
     def __post_init__(self):
 
         for name in self.corpora:
@@ -63,15 +71,10 @@ class BenchmarkConfig:
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "BenchmarkConfig":
         """``tiny``: two corpora, one seed (tests); ``small``: four corpora, three seeds at the tiny
-        model scale (CPU); ``full``: four corpora, three seeds at the small model scale."""
-
+        model scale (CPU); ``full``: four corpora, three seeds at the small model scale
+        (``run_profile`` is :func:`~tutorial_lib.core.profiles.model_scale`), then ``overrides``."""
         profile = resolve_profile(profile)
-        base = {
-            "tiny": dict(corpora=("shakespeare", "bible"), seeds=(0,), run_profile="tiny"),
-            "small": dict(run_profile="tiny"),
-            "full": dict(run_profile="small"),
-        }[profile]
-        return cls(profile=profile, **{**base, **overrides})
+        return config_for_profile(cls, profile, overrides, profile=profile, run_profile=model_scale(profile))
 
     def run_config(self, corpus: str) -> MemorizationConfig:
         return MemorizationConfig.for_profile(self.run_profile, corpus=corpus)

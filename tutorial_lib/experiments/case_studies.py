@@ -18,6 +18,8 @@ and domains are fictional (``.example`` is a reserved top-level domain).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +27,7 @@ from ..core.cache import cache_root, cached_result, config_key, load_run, save_r
 from ..core.data import corpus_path, sha256_file
 from ..core.evaluation import compute_perplexity, tokenize_lines
 from ..core.models import make_model
-from ..core.profiles import resolve_device, resolve_profile
+from ..core.profiles import BANDS, resolve_device
 from ..core.tokenization import make_byte_tokenizer
 from ..core.training import train_language_model
 from ..privacy.exposure import compute_exposure
@@ -42,11 +44,23 @@ from .benchmark import COLOURS
 from .case_study_data import CaseStudy, CaseStudyConfig, build_case_study
 
 
+@dataclass
+class CaseStudyModel:
+    """A trained (or cached) case-study model: ``model``, ``tokenizer``, the ``study`` it was trained on
+    (people, requests, passage), the stored ``record`` and ``from_cache``."""
+
+    model: Any
+    tokenizer: Any
+    study: CaseStudy
+    record: dict
+    from_cache: bool
+
+
 def train_case_study_model(cfg: CaseStudyConfig, seed: int = 0, device=None, without: tuple[str, ...] = (), cache_dir=None,
-                           progress: bool = True):
+                           progress: bool = True) -> CaseStudyModel:
     """Train (or load from the cache) the case-study model, or the one retrained ``without`` the
     subject's records (``"subject"``) and/or the passage (``"passage"``): same seed and steps.
-    Returns ``(model, tokenizer, study, record, from_cache)``. Notebook 09."""
+    Returns a :class:`CaseStudyModel`. Notebook 09."""
     unknown = sorted(set(without) - {"subject", "passage"})
     if unknown:
         raise ValueError(f"can retrain without 'subject' or 'passage', not {unknown}")
@@ -57,8 +71,8 @@ def train_case_study_model(cfg: CaseStudyConfig, seed: int = 0, device=None, wit
                   **cfg.to_dict(), "without": sorted(without)}
     folder = cache_root(cache_dir) / f"case_study-{config_key(run_config)}"
     if (folder / "run.json").is_file():
-        model, tokenizer, record = load_run(folder, run_config, device=device)
-        return model, tokenizer, study, record, True
+        run = load_run(folder, run_config, device=device)
+        return CaseStudyModel(run.model, run.tokenizer, study, run.record, True)
     model = make_model(cfg.model, len(tokenizer), seed=seed, device=device)
     train_ids = tokenize_lines(tokenizer, study.lines_without(*without))
     val_ids = tokenize_lines(tokenizer, study.splits.validation)
@@ -66,7 +80,7 @@ def train_case_study_model(cfg: CaseStudyConfig, seed: int = 0, device=None, wit
     history = train_language_model(model, train_ids, val_ids, cfg.train, seed=seed, device=device, progress=progress)
     record = {"history": history.to_dict(), "train_seconds": time.perf_counter() - start}
     save_run(folder, model, tokenizer, run_config, record)
-    return model, tokenizer, study, record, False
+    return CaseStudyModel(model, tokenizer, study, record, False)
 
 
 # ----------------------------------------------------------------------------------- measurements
@@ -133,14 +147,6 @@ def _val_perplexity(model, tokenizer, study: CaseStudy) -> float:
 CASE_STUDY_METHODS = ("fisher_removal", "fisher_forgetting", "gradient_ascent", "gradient_difference", "npo", "fine_tune")
 
 
-def case_study_config(profile: str | None = None) -> CaseStudyConfig:
-    """The case study that notebook 09 and the reproduction run at ``profile``. Like the benchmark
-    and the DP runs, the CPU profile (``small``) uses the ``tiny`` model scale for this multi-model
-    experiment (two trainings and thirteen unlearning runs); ``full`` uses the ``small`` scale."""
-    profile = resolve_profile(profile)
-    return CaseStudyConfig.for_profile({"tiny": "tiny", "small": "tiny", "full": "small"}[profile])
-
-
 def case_study_experiment(cfg: CaseStudyConfig, seed: int = 0, device=None, methods: tuple[str, ...] = CASE_STUDY_METHODS,
                           candidates: int | None = None, use_cache: bool = True, progress: bool = True) -> tuple[dict, bool]:
     """Both requests, every method at its profile default (Fisher Removal also with the secrets-only
@@ -152,8 +158,10 @@ def case_study_experiment(cfg: CaseStudyConfig, seed: int = 0, device=None, meth
     the guards refuse is reported as an error row. Cached: ``(result, from_cache)``. Notebook 09."""
 
     def compute():
-        model, tokenizer, study, _, _ = train_case_study_model(cfg, seed, device, progress=progress)
-        retrained, _, _, record, _ = train_case_study_model(cfg, seed, device, without=("subject", "passage"), progress=progress)
+        trained = train_case_study_model(cfg, seed, device, progress=progress)
+        model, tokenizer, study = trained.model, trained.tokenizer, trained.study
+        retrained_run = train_case_study_model(cfg, seed, device, without=("subject", "passage"), progress=progress)
+        retrained, record = retrained_run.model, retrained_run.record
 
         def evaluate(scenario, m, reference=retrained):
             if scenario == "pii":
@@ -221,6 +229,55 @@ def case_study_markdown(result: dict) -> str:
         lines.append(f"| {model} | {e['mean_lcp']:.1f} | {e['exact']:.2f} | {e['rouge_l']:.2f} | {r['passage_perplexity']:.2f} | "
                      f"{r['val_perplexity']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class PIIVerdicts:
+    """Per model of the personal-data request (the retrained one included, refused runs left out):
+    the exposure of the subject's two secrets minus the retrained model's (``exposure_gaps``), each
+    attack's AUC minus the retrained model's (``auc_gaps``), whether all lie within ``tolerance_bits``
+    and ``tolerance_auc`` (``ok_exposure``, ``ok_auc``) and the validation perplexity."""
+
+    tolerance_bits: float
+    tolerance_auc: float
+    retrained_perplexity: float
+    rows: dict[str, dict]
+
+    @property
+    def within_both(self) -> list[str]:
+        """The models inside both bands."""
+        return [m for m, r in self.rows.items() if r["ok_exposure"] and r["ok_auc"]]
+
+    def summary(self) -> str:
+        lines = []
+        for model, r in self.rows.items():
+            lines.append(f"{model:30s} exposure vs retrained {', '.join(f'{g:+.2f}' for g in r['exposure_gaps'].values())} bits "
+                         f"({'within' if r['ok_exposure'] else 'OUTSIDE'} {self.tolerance_bits:g}) | AUC vs retrained "
+                         f"{', '.join(f'{a} {g:+.2f}' for a, g in r['auc_gaps'].items())} ({'within' if r['ok_auc'] else 'OUTSIDE'} "
+                         f"{self.tolerance_auc:g}) | val ppl {r['val_perplexity']:.2f} (retrained {self.retrained_perplexity:.2f})")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"tolerance_bits": self.tolerance_bits, "tolerance_auc": self.tolerance_auc, "retrained_perplexity": self.retrained_perplexity,
+                "rows": self.rows, "within_both": self.within_both}
+
+
+def pii_verdicts(result: dict, tolerance_bits: float = BANDS.exposure_bits, tolerance_auc: float = 0.1) -> PIIVerdicts:
+    """Judge every model of :func:`case_study_experiment`'s personal-data request against the retrained
+    model: the subject's first two secrets (phone, account) within ``tolerance_bits`` of its exposure,
+    every membership attack's AUC on the subject's records within ``tolerance_auc`` of its AUC.
+    Notebook 09, "The checks"."""
+    secrets = _subject_canaries(result)[:2]
+    rt = result["pii"]["retrained"]
+    rows = {}
+    for model, r in result["pii"].items():
+        if model == "original" or "error" in r:
+            continue
+        gaps = {n: r["exposure"][n] - rt["exposure"][n] for n in secrets}
+        auc_gaps = {a: r["mia_subject"][a]["auc"] - rt["mia_subject"][a]["auc"] for a in rt["mia_subject"]}
+        rows[model] = {"exposure_gaps": gaps, "auc_gaps": auc_gaps, "ok_exposure": all(abs(g) <= tolerance_bits for g in gaps.values()),
+                       "ok_auc": all(abs(g) <= tolerance_auc for g in auc_gaps.values()), "val_perplexity": r["val_perplexity"]}
+    return PIIVerdicts(tolerance_bits, tolerance_auc, rt["val_perplexity"], rows)
 
 
 def plot_case_study(result: dict, axes=None):

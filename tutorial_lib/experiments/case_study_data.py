@@ -1,14 +1,27 @@
-"""TODO docstring (scenarios)"""
+"""The generated data of notebook 09's case studies (:mod:`tutorial_lib.experiments.case_studies`).
+
+Made-up people (:class:`Person`, :func:`make_people`) with names, e-mail addresses, phone and account
+numbers and street addresses drawn from a seed and the word lists below; their e-mail-like records,
+one per line; and a passage of another corpus's held-out text. :func:`build_case_study` inserts them
+into a corpus at seeded positions (the data subject's records several times each, other members'
+records once, the passage many times) and returns a :class:`CaseStudy`: the training lines, where
+everything went, the forget sets of the person and of the passage, and the people never seen in
+training for membership inference. :class:`CaseStudyConfig` holds everything but the seed and
+device. Names, addresses and domains are fictional (``.example`` is a reserved top-level domain).
+
+Notebook 09, "The data".
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
 from ..core.canaries import SLOT, Canary, RandomnessSpace
 from ..core.data import CORPORA, load_corpus
 from ..core.models import ModelConfig
-from ..core.profiles import resolve_profile
+from ..core.profiles import config_for_profile, model_scale, resolve_profile
 from ..core.training import TrainConfig
 
 FIRST_NAMES = (
@@ -108,7 +121,8 @@ def topics(count: int, rng) -> list[str]:
 
 @dataclass(frozen=True)
 class CaseStudyConfig:
-    """Everything that defines notebook 09's training run except the seed and device."""
+    """Everything that defines notebook 09's training run except the seed and device. ``profile``
+    is the model scale the run uses (the profile of its model, training and the methods' defaults)."""
 
     profile: str = "small"
     corpus: str = "shakespeare"
@@ -127,6 +141,11 @@ class CaseStudyConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    _TINY_SCALE: ClassVar[dict] = {"max_chars": 60_000, "secret_length": 4, "n_members": 30, "n_outsiders": 40, "subject_records": 10,
+                                   "subject_repeats": 10, "passage_chars": 300, "passage_repeats": 100, "extract_prefix": 24,
+                                   "extract_length": 32}
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": _TINY_SCALE, "small": _TINY_SCALE, "full": {}}
+
     def __post_init__(self):
         for name in (self.corpus, self.passage_corpus):
             if name not in CORPORA:
@@ -140,14 +159,17 @@ class CaseStudyConfig:
 
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "CaseStudyConfig":
+        """The case study that notebook 09 and the reproduction run at ``profile``. Like the benchmark
+        and the DP runs, this multi-model experiment (two trainings and thirteen unlearning runs)
+        runs at :func:`~tutorial_lib.core.profiles.model_scale`: the CPU profile (``small``) uses
+        the ``tiny`` model scale, ``full`` the ``small`` scale. The profile's row of
+        ``PROFILE_DEFAULTS`` with that scale's model and training, then ``overrides``."""
         profile = resolve_profile(profile)
-        base = {"tiny": dict(max_chars=60_000, secret_length=4, n_members=30, n_outsiders=40, subject_records=10,
-                             subject_repeats=10, passage_chars=300, passage_repeats=100, extract_prefix=24, extract_length=32),
-                "small": dict(), "full": dict()}[profile]
-        train = TrainConfig.for_profile(profile)
-        if profile == "tiny":  # three times the canary runs' steps: the records and the passage must be learned first
+        scale = model_scale(profile)
+        train = TrainConfig.for_profile(scale)
+        if scale == "tiny":  # three times the canary runs' steps: the records and the passage must be learned first
             train = replace(train, steps=3 * train.steps, eval_every=3 * train.eval_every, eval_steps=())
-        return replace(cls(profile=profile, model=ModelConfig.for_profile(profile), train=train, **base), **overrides)
+        return config_for_profile(cls, profile, overrides, profile=scale, model=ModelConfig.for_profile(scale), train=train)
 
     @property
     def space(self) -> RandomnessSpace:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from ..core.cache import (
     cache_root,
@@ -36,7 +37,14 @@ from ..core.cache import (
 from ..core.data import CORPORA, corpus_path, sha256_file
 from ..core.evaluation import compute_loss, tokenize_lines
 from ..core.models import load_pretrained, make_model
-from ..core.profiles import progress_options, resolve_device, resolve_profile
+from ..core.profiles import (
+    config_for_profile,
+    model_scale,
+    progress_options,
+    resolve_device,
+    resolve_profile,
+)
+from ..core.training import TrainedModel
 from ..privacy.dp import EPSILONS, DPConfig, train_dp_language_model
 from ..privacy.exposure import compute_exposure
 from .benchmark import COLOURS, BenchmarkConfig, benchmark_cell
@@ -52,20 +60,20 @@ DP_MODULES = ("privacy/dp.py", "experiments/dp_comparison.py")
 
 
 def train_dp_model(cfg: MemorizationConfig, dp: DPConfig, seed: int = 0, device: str | None = None, cache_dir=None,
-                   progress: bool = True):
+                   progress: bool = True) -> TrainedModel:
     """Train (or load from the cache) the DP-SGD counterpart of the memorisation run ``cfg``: same
-    corpus, canaries, model and steps. Returns ``(model, tokenizer, canaries, splits, record,
-    from_cache)``; ``record["privacy"]`` holds σ, δ and the spent ε. Notebook 08."""
+    corpus, canaries, model and steps. Returns a :class:`~tutorial_lib.core.training.TrainedModel`; ``record["privacy"]`` holds σ, δ and the spent ε. Notebook 08."""
     device = resolve_device(device)
     pretrained = load_pretrained(cfg.model.pretrained_path, device=device) if cfg.model.pretrained_path else None
-    splits, tokenizer, canaries, inserted = prepare_memorization(cfg, seed, pretrained[1] if pretrained else None)
+    data = prepare_memorization(cfg, seed, pretrained[1] if pretrained else None)
+    splits, tokenizer, canaries, inserted = data.splits, data.tokenizer, data.canaries, data.inserted
     run_config = {"kind": "dp-sgd", "seed": seed, "data_sha256": sha256_file(corpus_path(cfg.corpus)), **cfg.to_dict(),
                   "dp": dp.to_dict()}
     run_config.pop("estimate_samples")
     folder = cache_root(cache_dir) / f"dp-{config_key(run_config)}"
     if (folder / "run.json").is_file():
-        model, tokenizer, record = load_run(folder, run_config, device=device)
-        return model, tokenizer, canaries, splits, record, True
+        run = load_run(folder, run_config, device=device)
+        return TrainedModel(run.model, run.tokenizer, run.record, True, canaries, splits)
     model = pretrained[0] if pretrained else make_model(cfg.model, len(tokenizer), seed=seed, device=device)
     train_ids = tokenize_lines(tokenizer, inserted.lines)
     val_ids = tokenize_lines(tokenizer, splits.validation)
@@ -73,7 +81,7 @@ def train_dp_model(cfg: MemorizationConfig, dp: DPConfig, seed: int = 0, device:
     history, privacy = train_dp_language_model(model, train_ids, val_ids, cfg.train, dp, seed=seed, device=device, progress=progress)
     record = {"history": history.to_dict(), "privacy": privacy, "train_seconds": time.perf_counter() - start}
     save_run(folder, model, tokenizer, run_config, record)
-    return model, tokenizer, canaries, splits, record, False
+    return TrainedModel(model, tokenizer, record, False, canaries, splits)
 
 
 # ----------------------------------------------------------------------------------- the study
@@ -95,12 +103,12 @@ def dp_study(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS, se
                 "val_loss": val, "val_perplexity": math.exp(val)}
 
     def compute():
-        model, tokenizer, canaries, splits, record, _ = train_memorization_model(cfg, seed=seed, device=device, progress=progress)
+        run = train_memorization_model(cfg, seed=seed, device=device, progress=progress)
         rows = [{"label": "non-private", "target_epsilon": None, "epsilon": None, "noise_multiplier": 0.0,
-                 "train_seconds": record["train_seconds"], **evaluate(model, tokenizer, canaries, splits)}]
+                 "train_seconds": run.record["train_seconds"], **evaluate(run.model, run.tokenizer, run.canaries, run.splits)}]
         for eps in epsilons:
-            model, tokenizer, canaries, splits, record, _ = train_dp_model(
-                cfg, DPConfig(target_epsilon=eps, max_grad_norm=max_grad_norm), seed=seed, device=device, progress=progress)
+            run = train_dp_model(cfg, DPConfig(target_epsilon=eps, max_grad_norm=max_grad_norm), seed=seed, device=device, progress=progress)
+            model, tokenizer, canaries, splits, record = run.model, run.tokenizer, run.canaries, run.splits, run.record
             p = record["privacy"]
             rows.append({"label": f"eps = {eps:g}", "target_epsilon": eps, "epsilon": p["epsilon"], "noise_multiplier": p["noise_multiplier"],
                          "delta": p["delta"], "sample_rate": p["sample_rate"], "epochs": p["epochs"],
@@ -121,18 +129,6 @@ def dp_study_cached(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSIL
     """Whether :func:`dp_study` with these arguments is already in the result cache."""
 
     return result_path("dp_study", _study_key(cfg, epsilons, seed, max_grad_norm, candidates), modules=DP_MODULES).is_file()
-
-
-def dp_for_profile(profile: str) -> dict:
-    """Which runs notebook 08 and the reproduction make at each profile: the corpora of the
-    per-corpus curve and the profile of their memorisation runs, and whether the notebook's own
-    profile gets a Shakespeare run at its model scale too (``small``: tiny-scale models for the
-    four corpora, like the benchmark, plus the small model on Shakespeare in the reproduction)."""
-
-    profile = resolve_profile(profile)
-    return {"tiny": {"corpora": ("shakespeare",), "run_profile": "tiny"},
-            "small": {"corpora": tuple(CORPORA), "run_profile": "tiny"},
-            "full": {"corpora": tuple(CORPORA), "run_profile": "small"}}[profile]
 
 
 # ----------------------------------------------------------------------------------- notebook 08's comparison
@@ -157,14 +153,19 @@ class DPComparisonConfig:
     own_scale: bool = True
     own_scale_epsilons: tuple[float, ...] = (1.0,)
 
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "tiny": {"corpora": ("shakespeare",), "own_scale": False},
+        "small": {"corpora": tuple(CORPORA)},
+        "full": {"corpora": tuple(CORPORA), "own_scale_epsilons": EPSILONS},
+    }
+
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "DPComparisonConfig":
-
+        """Which runs notebook 08 and the reproduction make at ``profile``: the profile's row of
+        ``PROFILE_DEFAULTS`` at the model scale of :func:`~tutorial_lib.core.profiles.model_scale`
+        (``run_profile``), then ``overrides``."""
         profile = resolve_profile(profile)
-        base = {"tiny": dict(corpora=("shakespeare",), run_profile="tiny", own_scale=False),
-                "small": dict(corpora=tuple(CORPORA), run_profile="tiny"),
-                "full": dict(corpora=tuple(CORPORA), run_profile="small", own_scale_epsilons=EPSILONS)}[profile]
-        return cls(profile=profile, **{**base, **overrides})
+        return config_for_profile(cls, profile, overrides, profile=profile, run_profile=model_scale(profile))
 
     def run_config(self, corpus: str) -> MemorizationConfig:
         return MemorizationConfig.for_profile(self.run_profile, corpus=corpus)
@@ -253,3 +254,64 @@ def plot_dp_vs_unlearning(study: dict, unlearning: dict | None = None, ax=None, 
     ax.set(xlabel="validation perplexity", ylabel=f"exposure of {name} ({k}x, bits)", title=study["corpus"])
     ax.legend(fontsize="x-small")
     return ax
+
+
+@dataclass
+class DPVersusUnlearning:
+    """The most-inserted canary (``canary``) on one model: exposure and validation perplexity of the
+    non-private ``original``, of the DP-SGD run at target ``epsilon`` (``dp``), and of the benchmark's
+    ``retrained`` model and ``fisher_removal`` on the same model; each ``{"exposure", "val_perplexity"}``.
+    ``dp_lowers_exposure`` and ``dp_costs_perplexity`` are the bands notebook 08 holds DP-SGD to."""
+
+    title: str
+    canary: str
+    epsilon: float
+    original: dict
+    dp: dict
+    retrained: dict
+    fisher_removal: dict
+
+    @property
+    def dp_lowers_exposure(self) -> bool:
+        return self.dp["exposure"] < self.original["exposure"]
+
+    @property
+    def dp_costs_perplexity(self) -> bool:
+        return self.dp["val_perplexity"] > self.original["val_perplexity"]
+
+    def summary(self) -> str:
+        """The four models' exposure / val ppl on one line."""
+        o, r, f, d = self.original, self.retrained, self.fisher_removal, self.dp
+        return (f"{self.title:26s} exposure / val ppl: original {o['exposure']:5.2f} / {o['val_perplexity']:.2f} | "
+                f"retrained {r['exposure']:5.2f} / {r['val_perplexity']:.2f} | "
+                f"Fisher Removal {f['exposure']:5.2f} / {f['val_perplexity']:.2f} | "
+                f"DP eps {self.epsilon:g} {d['exposure']:5.2f} / {d['val_perplexity']:.2f}")
+
+    def verdict(self) -> str:
+        """What DP-SGD bought and cost, and where Fisher Removal lands against it, on one line."""
+        o, f, d = self.original, self.fisher_removal, self.dp
+        return (f"{self.title:26s} DP at eps {self.epsilon:g}: exposure {o['exposure'] - d['exposure']:.2f} bits lower, "
+                f"val ppl {d['val_perplexity'] / o['val_perplexity'] - 1:+.0%} | Fisher Removal: "
+                f"{'lower' if f['exposure'] < d['exposure'] else 'higher'} exposure ({f['exposure']:.2f} bits) at "
+                f"{'lower' if f['val_perplexity'] < d['val_perplexity'] else 'higher'} perplexity ({f['val_perplexity']:.2f})")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "dp_lowers_exposure": self.dp_lowers_exposure, "dp_costs_perplexity": self.dp_costs_perplexity}
+
+
+def dp_versus_unlearning(study: dict, unlearning: dict, epsilon: float, title: str | None = None) -> DPVersusUnlearning:
+    """The most-inserted canary of a DP ``study`` (:func:`dp_study`) under the non-private run, the DP
+    run at target ``epsilon`` and, from ``unlearning`` (the benchmark cell of the same model), the
+    retrained model and Fisher Removal. Notebook 08, "DP-SGD and unlearning on the same axes"."""
+    by_count = {c["insertions"]: c["name"] for c in study["canaries"] if c["insertions"]}
+    if not by_count:
+        raise ValueError("the study has no inserted canary")
+    canary = by_count[max(by_count)]
+    rows = study["rows"]
+    dp = next((r for r in rows if r["target_epsilon"] == epsilon), None)
+    if dp is None:
+        raise ValueError(f"no DP run at target epsilon {epsilon:g}; the study has "
+                         f"{', '.join(format(r['target_epsilon'], 'g') for r in rows if r['target_epsilon'] is not None)}")
+    point = lambda r: {"exposure": r["exposure"][canary], "val_perplexity": r["val_perplexity"]}  # noqa: E731
+    u = unlearning["rows"]
+    return DPVersusUnlearning(title or study["corpus"], canary, epsilon, point(rows[0]), point(dp), point(u["retrained"]), point(u["fisher_removal"]))

@@ -202,7 +202,8 @@ def resolve_full_profile(model_path=None, device=None, dtype=None, fisher_params
     if problems:
         raise profile_problem(problems)
     compute_dtype = resolve_dtype(dtype, device)
-    config, skeleton, tokenizer = load_skeleton(path)
+    loaded = load_skeleton(path)
+    config, skeleton, tokenizer = loaded.config, loaded.model, loaded.tokenizer
 
     n_parameters = count_parameters(skeleton)
     vocab_size = skeleton.get_input_embeddings().num_embeddings
@@ -216,7 +217,8 @@ def resolve_full_profile(model_path=None, device=None, dtype=None, fisher_params
         raise FullProfileError(f"{device} has too little free memory for three float32 copies of the {n_parameters:,}-parameter "
                                "model; free memory on the device or pass a smaller model")
     m = removal.n_fisher
-    patterns, space, need, all_need = choose_fisher_subset(skeleton, n_layer, structure, m, budget, fisher_params)
+    subset = choose_fisher_subset(skeleton, n_layer, structure, m, budget, fisher_params)
+    patterns, space, need, all_need = subset.patterns, subset.space, subset.need, subset.all_bytes
 
     import torch
 

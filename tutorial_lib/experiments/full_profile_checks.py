@@ -1,11 +1,23 @@
-"""TODO docstring (full_profile)"""
+"""The checks behind the ``full`` profile's plan (:mod:`tutorial_lib.experiments.full_profile`), made
+before anything heavy runs: the memory one Fisher Removal step needs (:func:`estimate_fisher_memory`,
+:func:`kfac_layer_shapes`), the parameter subset the Fisher is built over under a memory budget
+(:func:`choose_fisher_subset`: all parameters when they fit, else the MLPs of the last blocks), the
+device (:func:`check_device`), the local model folder (config.json, safetensors weights, tokenizer:
+:func:`check_folder`), the stored and the chosen precision (:func:`stored_weights_dtype`,
+:func:`resolve_dtype`) and a skeleton of the model on the meta device (:func:`load_skeleton`). A plan
+that cannot run here raises :class:`FullProfileError`, naming the problem and the fix.
+
+Notebook 10, section 5 ("Scaling up: the ``full`` profile").
+"""
 from __future__ import annotations
 
 import json
 import os
 import struct
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..curvature.memory import available_memory, estimate_memory
 from ..curvature.per_sample import module_kind, owning_modules, select_parameters
@@ -101,7 +113,18 @@ def block_mlp_names(model, n_layer: int) -> list[str]:
     return [f"{prefix}.{i}.mlp" if hasattr(block, "mlp") else f"{prefix}.{i}" for i, block in enumerate(blocks)]
 
 
-def choose_fisher_subset(model, n_layer: int, structure: str, m: int, budget: int, fisher_params=None):
+@dataclass
+class FisherSubset:
+    """The parameters a Fisher is built over: name ``patterns`` (None: all), the selected ``space``,
+    the estimated bytes it ``needs`` and the bytes all parameters would need (``all_bytes``)."""
+
+    patterns: list | None
+    space: Any
+    need: int
+    all_bytes: int
+
+
+def choose_fisher_subset(model, n_layer: int, structure: str, m: int, budget: int, fisher_params=None) -> FisherSubset:
     """The parameter subset the Fisher is built over: ``fisher_params`` if given ("all" or names for
     :func:`~tutorial_lib.per_sample.select_parameters`), else every parameter when their Fisher fits
     ``budget`` bytes (and every module holding one is supported, see :func:`unsupported_modules`),
@@ -120,16 +143,16 @@ def choose_fisher_subset(model, n_layer: int, structure: str, m: int, budget: in
                 f"({space.dim:,} parameters) needs about {need / gib:.3g} GiB, more than the budget of {budget / gib:.3g} GiB; "
                 f"choose fewer parameters, {_cheaper(structure)}fewer Fisher samples, or a larger memory budget"
             )
-        return patterns, space, need, all_bytes
+        return FisherSubset(patterns, space, need, all_bytes)
     if all_bytes <= budget and not unsupported_modules(model, all_space):
-        return None, all_space, all_bytes, all_bytes
+        return FisherSubset(None, all_space, all_bytes, all_bytes)
     mlps = block_mlp_names(model, n_layer)
     for k in range(len(mlps), 0, -1):
         patterns = tuple(mlps[-k:])
         space, need = _subset_memory(model, patterns, structure, m)
         if need <= budget:
             _check_supported(model, space, ", ".join(patterns))
-            return patterns, space, need, all_bytes
+            return FisherSubset(patterns, space, need, all_bytes)
     raise FullProfileError(
         f"even the last block's MLP ({space.dim:,} parameters) needs about {need / gib:.3g} GiB for a {structure} Fisher "
         f"(m = {m}), more than the budget of {budget / gib:.3g} GiB; {_cheaper(structure)}fewer Fisher samples (n_fisher), "
@@ -224,7 +247,17 @@ def stored_weights_dtype(folder: Path) -> str:
     return _SAFETENSORS_DTYPES.get(code, code.lower())
 
 
-def load_skeleton(path: str):
+@dataclass
+class Skeleton:
+    """A model folder read without its weights: the HF ``config``, a ``model`` on the meta device and
+    the ``tokenizer``."""
+
+    config: Any
+    model: Any
+    tokenizer: Any
+
+
+def load_skeleton(path: str) -> Skeleton:
     """(config, model on the meta device, tokenizer): shapes and names, no weights loaded."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -245,7 +278,7 @@ def load_skeleton(path: str):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as err:  # noqa: BLE001
         raise FullProfileError(f"cannot load the tokenizer in {path!r}: {type(err).__name__}: {err}") from None
-    return config, model, tokenizer
+    return Skeleton(config, model, tokenizer)
 
 
 def resolve_dtype(dtype, device: str) -> str:

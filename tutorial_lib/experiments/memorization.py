@@ -6,16 +6,28 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 from ..core.cache import cache_root, config_key, load_run, save_run
-from ..core.canaries import Canary, RandomnessSpace, insert_canaries, make_canaries
-from ..core.data import CORPORA, corpus_path, load_corpus, sha256_file
+from ..core.canaries import (
+    Canary,
+    InsertedCorpus,
+    RandomnessSpace,
+    insert_canaries,
+    make_canaries,
+)
+from ..core.data import CORPORA, CorpusSplits, corpus_path, load_corpus, sha256_file
 from ..core.evaluation import compute_perplexity, tokenize_lines
 from ..core.models import ModelConfig, count_parameters, load_pretrained, make_model
-from ..core.profiles import progress_options, resolve_device, resolve_profile
+from ..core.profiles import (
+    config_for_profile,
+    progress_options,
+    resolve_device,
+    resolve_profile,
+)
 from ..core.tokenization import make_byte_tokenizer
-from ..core.training import TrainConfig, train_language_model
+from ..core.training import TrainConfig, TrainedModel, train_language_model
 from ..privacy.exposure import compute_exposure, estimate_exposure
 
 
@@ -35,6 +47,12 @@ class MemorizationConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "tiny": {"max_chars": 60_000, "secret_length": 4, "n_controls": 2, "estimate_samples": 500},
+        "small": {},
+        "full": {"per_insertion": 2, "n_controls": 4, "estimate_samples": 20_000},
+    }
+
     def __post_init__(self):
         if self.corpus not in CORPORA:
             raise ValueError(f"unknown corpus {self.corpus!r}; expected one of {', '.join(CORPORA)}")
@@ -44,15 +62,11 @@ class MemorizationConfig:
 
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "MemorizationConfig":
-        """Defaults for ``tiny`` (seconds), ``small`` (CPU, minutes) and ``full`` (GPU)."""
+        """Defaults for ``tiny`` (seconds), ``small`` (CPU, minutes) and ``full`` (GPU): the profile's
+        row of ``PROFILE_DEFAULTS`` with the profile's model and training, then ``overrides``."""
         profile = resolve_profile(profile)
-        base = {
-            "tiny": dict(max_chars=60_000, secret_length=4, n_controls=2, estimate_samples=500),
-            "small": dict(),
-            "full": dict(per_insertion=2, n_controls=4, estimate_samples=20_000),
-        }[profile]
-        cfg = cls(profile=profile, model=ModelConfig.for_profile(profile), train=TrainConfig.for_profile(profile), **base)
-        return replace(cfg, **overrides)
+        return config_for_profile(cls, profile, overrides, profile=profile, model=ModelConfig.for_profile(profile),
+                                  train=TrainConfig.for_profile(profile))
 
     @property
     def space(self) -> RandomnessSpace:
@@ -139,19 +153,30 @@ def _tracked(canaries: list[Canary]) -> list[Canary]:
     return out
 
 
-def prepare_memorization(cfg: MemorizationConfig, seed: int = 0, tokenizer=None):
+@dataclass
+class MemorizationData:
+    """What a memorisation run trains on: the corpus ``splits``, the ``tokenizer``, the ``canaries`` and
+    the training lines with the canaries ``inserted`` (with each canary's line positions)."""
+
+    splits: CorpusSplits
+    tokenizer: Any
+    canaries: list[Canary]
+    inserted: InsertedCorpus
+
+
+def prepare_memorization(cfg: MemorizationConfig, seed: int = 0, tokenizer=None) -> MemorizationData:
     """Corpus splits, tokenizer, canaries and the training lines with canaries inserted."""
     splits = load_corpus(cfg.corpus, cfg.max_chars)
     tokenizer = tokenizer or make_byte_tokenizer()
     canaries = make_canaries(cfg.insertions, cfg.per_insertion, cfg.n_controls, cfg.space, seed=seed)
     inserted = insert_canaries(splits.train, canaries, seed=seed)
-    return splits, tokenizer, canaries, inserted
+    return MemorizationData(splits, tokenizer, canaries, inserted)
 
 
 def train_memorization_model(cfg: MemorizationConfig, seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True,
-                             without: tuple[str, ...] = ()):
+                             without: tuple[str, ...] = ()) -> TrainedModel:
     """Train (or load from the cache) the model of a memorisation run.
-    Returns ``(model, tokenizer, canaries, splits, record, from_cache)``. Notebook 03, "Training".
+    Returns a :class:`~tutorial_lib.core.training.TrainedModel`. Notebook 03, "Training".
 
     ``without`` names canaries whose inserted lines are dropped from the training text, everything
     else (seed, budget, the other lines and their order) unchanged: the **retrained oracle** that
@@ -160,7 +185,8 @@ def train_memorization_model(cfg: MemorizationConfig, seed: int = 0, device: str
     pretrained = None
     if cfg.model.pretrained_path:
         pretrained = load_pretrained(cfg.model.pretrained_path, device=device)
-    splits, tokenizer, canaries, inserted = prepare_memorization(cfg, seed, pretrained[1] if pretrained else None)
+    data = prepare_memorization(cfg, seed, pretrained[1] if pretrained else None)
+    splits, tokenizer, canaries, inserted = data.splits, data.tokenizer, data.canaries, data.inserted
     names = {c.name for c in canaries}
     unknown = sorted(set(without) - names)
     if unknown:
@@ -171,8 +197,8 @@ def train_memorization_model(cfg: MemorizationConfig, seed: int = 0, device: str
         run_config["without"] = sorted(without)
     folder = cache_root(cache_dir) / f"memorization-{config_key(run_config)}"
     if (folder / "run.json").is_file():
-        model, tokenizer, record = load_run(folder, run_config, device=device)
-        return model, tokenizer, canaries, splits, record, True
+        run = load_run(folder, run_config, device=device)
+        return TrainedModel(run.model, run.tokenizer, run.record, True, canaries, splits)
     model = pretrained[0] if pretrained else make_model(cfg.model, len(tokenizer), seed=seed, device=device)
     dropped = {i for name in without for i in inserted.positions[name]}
     train_lines = [line for i, line in enumerate(inserted.lines) if i not in dropped]
@@ -190,10 +216,11 @@ def train_memorization_model(cfg: MemorizationConfig, seed: int = 0, device: str
     train_seconds = time.perf_counter() - start
     record = {"history": history.to_dict(), "trajectory": trajectory, "train_seconds": train_seconds, "train_lines": len(train_lines)}
     save_run(folder, model, tokenizer, run_config, record)
-    return model, tokenizer, canaries, splits, record, False
+    return TrainedModel(model, tokenizer, record, False, canaries, splits)
 
 
-def train_retrained_model(cfg: MemorizationConfig, without: tuple[str, ...], seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True):
+def train_retrained_model(cfg: MemorizationConfig, without: tuple[str, ...], seed: int = 0, device: str | None = None, cache_dir=None,
+                          progress: bool = True) -> TrainedModel:
     """The gold standard of unlearning: the same run retrained from scratch without the canaries
     named in ``without`` (same seed, same number of steps), cached like the original. Returns what
     :func:`train_memorization_model` returns. Notebook 04, "The retrained oracle"."""
@@ -208,7 +235,8 @@ def run_memorization(cfg: MemorizationConfig, seed: int = 0, device: str | None 
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
-    model, tokenizer, canaries, splits, record, cached = train_memorization_model(cfg, seed, device, cache_dir, progress)
+    run = train_memorization_model(cfg, seed, device, cache_dir, progress)
+    model, tokenizer, canaries, splits, record, cached = run.model, run.tokenizer, run.canaries, run.splits, run.record, run.from_cache
     start = time.perf_counter()
     exposures, estimates = [], []
     for c in tqdm(canaries, desc="exposure", **progress_options(progress)):

@@ -1,8 +1,21 @@
-"""TODO docstring (robustness)"""
+"""Notebook 10's recommendation table and the robustness studies' tables and figures.
+
+:func:`recommendations` judges each method by the course's bands (``docs/method.md`` §7: within
+``tolerance_bits`` of the retrained model's exposure, perplexity at most ``1 + max_ppl_increase``
+times the original's) across the three studies of :mod:`tutorial_lib.experiments.robustness`: which
+settings of its main hyperparameter and which seeds stay in the bands, what the relearning attack
+brings back beyond what it gives the retrained model, and how perplexity and earlier-forgotten
+canaries move over sequential requests; a verdict sums each row up in words.
+:func:`recommendations_markdown`, :func:`relearning_markdown` and :func:`sequential_markdown` write the
+tables, :func:`plot_relearning`, :func:`plot_sequential` and :func:`plot_sensitivity` the figures.
+
+Notebook 10, "Recommendations", and the reproduction's ``robustness`` results.
+"""
 from __future__ import annotations
 
 import math
 
+from ..core.profiles import BANDS
 from .benchmark import COLOURS
 from .robustness import sequential_summary
 
@@ -13,11 +26,11 @@ def _in_bands(exposure: float, ppl: float, oracle_exposure: float, original_ppl:
     return exposure <= oracle_exposure + tolerance_bits and ppl <= (1 + max_ppl_increase) * original_ppl
 
 
-def recommendations(relearning: dict, sequential: dict, sensitivity: dict, seeds: dict, tolerance_bits: float = 3.0,
-                    max_ppl_increase: float = 0.2) -> list[dict]:
-    """One row per method from the three studies, judged by the course's bands (within
-    ``tolerance_bits`` of the retrained model's exposure, perplexity within ``1 + max_ppl_increase``
-    of the original's): the factors of its main hyperparameter that stay in the bands, the seeds
+def recommendations(relearning: dict, sequential: dict, sensitivity: dict, seeds: dict, tolerance_bits: float = BANDS.exposure_bits,
+                    max_ppl_increase: float = BANDS.perplexity_increase) -> list[dict]:
+    """One row per method from the three studies, judged by the course's bands (by default
+    :data:`~tutorial_lib.core.profiles.BANDS`: within ``tolerance_bits`` of the retrained model's
+    exposure, perplexity within ``1 + max_ppl_increase`` of the original's): the factors of its main hyperparameter that stay in the bands, the seeds
     whose default stays in the bands, the bits the relearning attack brings back beyond what it gives
     the retrained model, and after the sequential run the perplexity ratio and the largest rise of
     an earlier-forgotten canary. ``verdict`` sums them up in words. Notebook 10, "Recommendations"."""
@@ -41,12 +54,12 @@ def recommendations(relearning: dict, sequential: dict, sensitivity: dict, seeds
                "relearned_beyond_retrained": None if relearn is None else relearn["after_minus_retrained"],
                "sequential_perplexity_ratio": seq.get(method, {}).get("perplexity_ratio"),
                "sequential_max_rise": seq.get(method, {}).get("max_rise_after_removal")}
-        row["verdict"] = _verdict(row, tolerance_bits)
+        row["verdict"] = _verdict(row, tolerance_bits, max_ppl_increase)
         rows.append(row)
     return rows
 
 
-def _verdict(row: dict, tolerance_bits: float) -> str:
+def _verdict(row: dict, tolerance_bits: float, max_ppl_increase: float) -> str:
     notes = []
     if 1.0 not in row["factors_in_bands"]:
         notes.append("default outside the bands here")
@@ -60,7 +73,7 @@ def _verdict(row: dict, tolerance_bits: float) -> str:
     if relearned is not None:
         notes.append("relearning brings it back" if relearned > tolerance_bits else "holds against relearning")
     ratio = row["sequential_perplexity_ratio"]
-    if ratio is not None and ratio > 1.2:
+    if ratio is not None and ratio > 1 + max_ppl_increase:
         notes.append("perplexity drifts over many requests")
     return "; ".join(notes)
 
@@ -160,7 +173,8 @@ def plot_sensitivity(sensitivity: dict, axes=None):
         axes[1].plot([r["factor"] for r in rows], [r["val_perplexity"] for r in rows], "o-", **kw)
     axes[0].axhline(sensitivity["retrained"]["exposure"][target], color=COLOURS["retrained"], ls="--", label="retrained")
     axes[1].axhline(sensitivity["retrained"]["val_perplexity"], color=COLOURS["retrained"], ls="--", label="retrained")
-    axes[1].axhline(1.2 * sensitivity["original"]["val_perplexity"], color="grey", ls=":", label="+20 % of the original")
+    axes[1].axhline((1 + BANDS.perplexity_increase) * sensitivity["original"]["val_perplexity"], color="grey", ls=":",
+                    label=f"+{100 * BANDS.perplexity_increase:.0f} % of the original")
     for ax, label in zip(axes, ("exposure of the forgotten canary (bits)", "validation perplexity")):
         ax.set(xscale="log", xlabel="factor on the main hyperparameter (1 = default)", ylabel=label)
     axes[1].set_yscale("log")

@@ -24,13 +24,19 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from ..core.cache import cached_result
 from ..core.canaries import NAMES, Canary
 from ..core.evaluation import compute_loss, tokenize_lines
-from ..core.profiles import progress_options, resolve_profile
+from ..core.profiles import (
+    config_for_profile,
+    model_scale,
+    progress_options,
+    resolve_profile,
+)
 from ..core.training import TrainConfig, train_language_model
 from ..privacy.exposure import compute_exposure
 from ..unlearning.api import METHODS, repeated_unlearning
@@ -73,6 +79,8 @@ class RelearningConfig:
     batch_size: int = 16
     checkpoints: tuple[int, ...] = (10, 20, 40)
 
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": {"steps": 20, "checkpoints": (10, 20)}, "small": {}, "full": {}}
+
     def __post_init__(self):
         if self.n_canaries < 1 or self.copies < 1 or self.n_retain < 0:
             raise ValueError(f"the relearning set needs n_canaries >= 1, copies >= 1 and n_retain >= 0, got "
@@ -81,6 +89,11 @@ class RelearningConfig:
             raise ValueError(f"relearning needs steps >= 1 and a positive finite lr, got steps={self.steps}, lr={self.lr}")
         if not self.checkpoints or min(self.checkpoints) < 1 or max(self.checkpoints) != self.steps:
             raise ValueError(f"checkpoints must be positive and end at steps={self.steps}, got {self.checkpoints}")
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides) -> "RelearningConfig":
+        """The profile's row of ``PROFILE_DEFAULTS`` (``tiny``: a 20-step attack), then ``overrides``."""
+        return config_for_profile(cls, profile, overrides)
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,13 @@ class RobustnessConfig:
     sequential_methods: tuple[str, ...] = ("fisher_removal", "fisher_forgetting", "gradient_difference", "npo")
     seeds: tuple[int, ...] = (0, 1, 2)
 
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "tiny": {"methods": ("fisher_removal", "gradient_ascent"), "sequential_methods": ("fisher_removal",), "n_requests": 3,
+                 "per_insertion": 1, "seeds": (0,)},
+        "small": {},
+        "full": {},
+    }
+
     def __post_init__(self):
         for name in set(self.methods) | set(self.sequential_methods):
             if name not in METHODS:
@@ -112,13 +132,11 @@ class RobustnessConfig:
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "RobustnessConfig":
         """``tiny`` (tests): two methods, 3 requests, one seed; ``small``: every method on the
-        ``tiny``-scale models; ``full``: the ``small``-scale models."""
+        ``tiny``-scale models; ``full``: the ``small``-scale models (``run_profile`` is
+        :func:`~tutorial_lib.core.profiles.model_scale`); then ``overrides``."""
         profile = resolve_profile(profile)
-        base = {"tiny": dict(methods=("fisher_removal", "gradient_ascent"), sequential_methods=("fisher_removal",),
-                             n_requests=3, per_insertion=1, seeds=(0,),
-                             relearning=RelearningConfig(steps=20, checkpoints=(10, 20))),
-                "small": dict(), "full": dict(run_profile="small")}[profile]
-        return cls(profile=profile, **{**base, **overrides})
+        return config_for_profile(cls, profile, overrides, profile=profile, run_profile=model_scale(profile),
+                                  relearning=RelearningConfig.for_profile(profile))
 
     def run_config(self) -> MemorizationConfig:
         """The memorisation run of the relearning and sensitivity studies (the benchmark's)."""
@@ -248,8 +266,9 @@ def sequential_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_cach
     run_cfg = cfg.sequential_run_config()
 
     def compute():
-        model, tokenizer, canaries, splits, _, _ = train_memorization_model(run_cfg, seed=seed, device=device, progress=progress)
-        _, _, _, inserted = prepare_memorization(run_cfg, seed=seed)
+        run = train_memorization_model(run_cfg, seed=seed, device=device, progress=progress)
+        model, tokenizer, canaries, splits = run.model, run.tokenizer, run.canaries, run.splits
+        inserted = prepare_memorization(run_cfg, seed=seed).inserted
         ordered = sorted([c for c in canaries if not c.is_control], key=lambda c: -c.insertions)
         if cfg.n_requests > len(ordered):
             raise ValueError(f"{cfg.n_requests} requests asked for, but the run has {len(ordered)} inserted canaries")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..core.cache import cached_result
 from ..core.evaluation import tokenize_lines
-from ..core.profiles import progress_options
+from ..core.profiles import BANDS, progress_options
 from ..unlearning.api import METHODS, unlearn
 from ..unlearning.base import UnlearningError, canary_forget_items
 from ..unlearning.evaluation import evaluate_unlearning
@@ -49,6 +49,14 @@ class UnlearningSetup:
     retain_ids: object
     forget: list
     watch: list[str]
+    from_cache: bool = False  # the original model was loaded from the cache
+    retrained_from_cache: bool = False
+
+    @property
+    def others(self) -> list:
+        """The watched canaries other than the target, in :attr:`watch` order."""
+        by_name = {c.name: c for c in self.canaries}
+        return [by_name[n] for n in self.watch[1:]]
 
     @property
     def n_train(self) -> int:
@@ -76,19 +84,22 @@ def unlearning_setup(cfg: MemorizationConfig, seed: int = 0, device=None, target
     """Train or load the memorisation run of ``cfg`` and its oracle retrained without ``target``
     (default: the most-inserted canary). Watched canaries: the target, the other canaries inserted
     more than once and one control. Notebooks 04 and 05."""
-    model, tokenizer, canaries, splits, _, _ = train_memorization_model(cfg, seed=seed, device=device, progress=progress)
-    _, _, _, inserted = prepare_memorization(cfg, seed=seed)
+    run = train_memorization_model(cfg, seed=seed, device=device, progress=progress)
+    model, tokenizer, canaries, splits = run.model, run.tokenizer, run.canaries, run.splits
+    inserted = prepare_memorization(cfg, seed=seed).inserted
     by_name = {c.name: c for c in canaries}
     if target is not None and target not in by_name:
         raise ValueError(f"unknown canary {target!r}; this run has {sorted(by_name)}")
     chosen = by_name[target] if target else max(canaries, key=lambda c: c.insertions)
-    retrained, _, _, _, record, _ = train_retrained_model(cfg, (chosen.name,), seed=seed, device=device, progress=progress)
+    oracle = train_retrained_model(cfg, (chosen.name,), seed=seed, device=device, progress=progress)
+    retrained, record = oracle.model, oracle.record
     others = [c for c in canaries if c is not chosen and c.insertions > 1] + [c for c in canaries if c.is_control][:1]
     return UnlearningSetup(
         cfg=cfg, seed=seed, model=model, tokenizer=tokenizer, canaries=canaries, splits=splits, inserted=inserted,
         target=chosen, retrained=retrained, retrain_seconds=record["train_seconds"],
         val_ids=tokenize_lines(tokenizer, splits.validation), retain_ids=tokenize_lines(tokenizer, inserted.retain),
         forget=canary_forget_items(chosen, "secret"), watch=[chosen.name] + [c.name for c in others],
+        from_cache=run.from_cache, retrained_from_cache=oracle.from_cache,
     )
 
 
@@ -158,14 +169,16 @@ def trace_sweep(setup: UnlearningSetup, method: str, base, lrs: list[float], che
     return rows
 
 
-def choose_setting(rows: list[dict], target: str, original: dict, oracle: dict, max_ppl_increase: float = 0.2,
-                   tolerance_bits: float = 3.0, prefer=None) -> dict | None:
+def choose_setting(rows: list[dict], target: str, original: dict, oracle: dict,
+                   max_ppl_increase: float = BANDS.perplexity_increase, tolerance_bits: float = BANDS.exposure_bits,
+                   prefer=None) -> dict | None:
     """The rule behind the documented defaults, erasure first: the points that bring the target's
     exposure to within ``tolerance_bits`` of the oracle's (or below it); among them, those whose
     validation perplexity stays within ``1 + max_ppl_increase`` times the original's if any do,
     and of these the one minimising ``prefer(row)`` (default: the perplexity). If no point gets
     close to the oracle, the lowest exposure (ties: lower perplexity). ``None`` for no valid point.
-    The defaults are the course's acceptance bands: 3 bits from the oracle, +20 % perplexity."""
+    The defaults are the course's acceptance bands, :data:`~tutorial_lib.core.profiles.BANDS`
+    (3 bits from the oracle, +20 % perplexity)."""
     valid = [r for r in rows if "error" not in r]
     if not valid:
         return None

@@ -1,14 +1,26 @@
-"""TODO docstring (dp)"""
+"""DP-SGD for the course's language models (Abadi et al. 2016; ``docs/method.md`` §6), through Opacus'
+``PrivacyEngine``: per-example clipping to ``max_grad_norm``, Poisson sampling and Gaussian noise.
+
+:class:`DPConfig` holds a run's privacy settings (target ε or a noise multiplier, δ, clipping bound,
+accountant). :func:`noise_multiplier_for` calibrates σ to a target ε and :func:`epsilon_spent` gives
+the ε a run spent. :func:`train_dp_language_model` trains a model with the same optimiser, learning-rate
+schedule and number of steps as the non-private run, over windows of ``block_size + 1`` tokens, the
+examples that (ε, δ) are about. The plumbing GPT-2 needs under Opacus: a ``Conv1D`` grad sampler
+(:func:`register_conv1d_grad_sampler`) and whole-batch position ids (:func:`position_ids`).
+
+Notebook 08; :mod:`tutorial_lib.experiments.dp_comparison` runs it on the benchmark's models.
+"""
 from __future__ import annotations
 
 import math
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from ..core.evaluation import compute_loss
-from ..core.profiles import progress_options
+from ..core.profiles import config_for_profile, progress_options
 from ..core.training import TrainConfig, TrainHistory, lr_at
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
@@ -33,6 +45,8 @@ class DPConfig:
     noise_multiplier: float | None = None
     accountant: str = "rdp"
 
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": {}, "small": {}, "full": {}}  # the same privacy settings at every profile
+
     def __post_init__(self):
         if self.target_epsilon is None and self.noise_multiplier is None:
             raise ValueError("give a target_epsilon or a noise_multiplier")
@@ -49,6 +63,11 @@ class DPConfig:
             raise ValueError(f"noise_multiplier must be a finite number >= 0, got {self.noise_multiplier}")
         if self.accountant not in ACCOUNTANTS:
             raise ValueError(f"unknown accountant {self.accountant!r}; expected one of {', '.join(ACCOUNTANTS)}")
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides) -> "DPConfig":
+        """The profile's row of ``PROFILE_DEFAULTS`` (the same at every profile), then ``overrides``."""
+        return config_for_profile(cls, profile, overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +108,57 @@ def _check_rate(sample_rate: float, steps: int) -> None:
         raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+
+
+@dataclass(frozen=True)
+class GroupPrivacy:
+    """What an (ε, δ)-DP run promises a group of ``k`` records (a canary inserted k times):
+    (kε, k·e^{(k−1)ε}·δ)-DP, the group-privacy bound. ``log_delta`` is ln δ_k, since e^{(k−1)ε}
+    overflows for large groups; a δ_k of 1 or more promises nothing (``vacuous``)."""
+
+    k: int
+    epsilon: float
+    log_delta: float
+
+    @property
+    def delta(self) -> float:
+        """δ_k (``inf`` where it overflows)."""
+        return math.exp(self.log_delta) if self.log_delta < 700 else math.inf
+
+    @property
+    def vacuous(self) -> bool:
+        return self.log_delta >= 0
+
+    def summary(self) -> str:
+        return f"k={self.k}: eps {self.epsilon:g}, delta " + (">= 1 (vacuous)" if self.vacuous else f"{self.delta:.1e}")
+
+    def to_dict(self) -> dict:
+        return {"k": self.k, "epsilon": self.epsilon, "log_delta": self.log_delta, "delta": self.delta, "vacuous": self.vacuous}
+
+
+def _check_group(epsilon: float, delta: float) -> None:
+    if not (epsilon > 0 and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon must be a positive finite number, got {epsilon}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta}")
+
+
+def group_privacy(epsilon: float, delta: float, k: int) -> GroupPrivacy:
+    """The group-privacy bound of an (``epsilon``, ``delta``)-DP mechanism for ``k`` records:
+    ε_k = kε, δ_k = k·e^{(k−1)ε}·δ, computed in logs. Notebook 08, "Repetition weakens the protection"."""
+    _check_group(epsilon, delta)
+    if k < 1:
+        raise ValueError(f"the group size k must be >= 1, got {k}")
+    return GroupPrivacy(k, k * epsilon, math.log(k) + (k - 1) * epsilon + math.log(delta))
+
+
+def largest_private_group(epsilon: float, delta: float) -> int:
+    """The largest group size k whose bound δ_k = k·e^{(k−1)ε}·δ stays below 1 (at least 1)."""
+    _check_group(epsilon, delta)
+    k = 1
+    while group_privacy(epsilon, delta, k + 1).log_delta < 0:
+        k += 1
+    return k
 
 
 # ----------------------------------------------------------------------------------- Opacus plumbing
@@ -139,10 +209,21 @@ def window_dataset(ids: torch.Tensor, block_size: int) -> torch.utils.data.Tenso
     return torch.utils.data.TensorDataset(ids[: n * (block_size + 1)].reshape(n, block_size + 1))
 
 
+@dataclass
+class PrivateTraining:
+    """What :func:`make_private` returns: the Opacus ``engine`` (its accountant), the private ``model``,
+    the DP ``optimizer`` and the Poisson-sampling ``loader``."""
+
+    engine: Any
+    model: Any
+    optimizer: Any
+    loader: Any
+
+
 def make_private(model, optimizer, loader, noise_multiplier: float, max_grad_norm: float, accountant: str = "rdp",
-                 seed: int = 0, poisson_sampling: bool = True):
+                 seed: int = 0, poisson_sampling: bool = True) -> PrivateTraining:
     """Opacus' ``PrivacyEngine.make_private`` with a seeded noise generator (so that the same seed
-    gives the same run). Returns ``(engine, private model, DP optimiser, Poisson data loader)``;
+    gives the same run). Returns a :class:`PrivateTraining`;
     call the private model with :func:`position_ids`. ``private_model._close()`` removes the hooks."""
     from opacus import PrivacyEngine
 
@@ -158,7 +239,7 @@ def make_private(model, optimizer, loader, noise_multiplier: float, max_grad_nor
             max_grad_norm=max_grad_norm, poisson_sampling=poisson_sampling,
             noise_generator=torch.Generator(device=next(model.parameters()).device).manual_seed(seed + 1),
         )
-    return engine, private, dp_optimizer, dp_loader
+    return PrivateTraining(engine, private, dp_optimizer, dp_loader)
 
 
 def window_loss(model, windows: torch.Tensor) -> torch.Tensor:
@@ -202,7 +283,8 @@ def train_dp_language_model(model, train_ids: torch.Tensor, val_ids: torch.Tenso
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(0.9, 0.95))
     model.train()
-    engine, private, dp_optimizer, dp_loader = make_private(model, optimizer, loader, sigma, dp.max_grad_norm, dp.accountant, seed)
+    dp_run = make_private(model, optimizer, loader, sigma, dp.max_grad_norm, dp.accountant, seed)
+    engine, private, dp_optimizer, dp_loader = dp_run.engine, dp_run.model, dp_run.optimizer, dp_run.loader
     history, step, empty = TrainHistory(), 0, 0
     bar = tqdm(total=cfg.steps, desc=f"DP-SGD (sigma {sigma:.2f})", **progress_options(progress))
     try:

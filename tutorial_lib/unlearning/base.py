@@ -1,4 +1,14 @@
-"""TODO docstring (unlearning)"""
+"""The building blocks every unlearning method shares: the forget and retain sets tokenized and checked
+against the model (:func:`prepare_unlearning_data`, :class:`UnlearningData`), the Fisher samples drawn
+from the retain text (:func:`fisher_batches`), a method's entry in the registry (:class:`Method`), what
+a call reports (:class:`UnlearningReport`) and the error raised when an update is refused
+(:class:`UnlearningError`).
+
+A forget item is a text or a ``(context, target)`` pair whose loss covers only the target's tokens;
+an item repeated k times counts k times (``docs/method.md`` §3). :func:`canary_forget_items` makes the
+forget set of a canary, over its secret or its whole line. Used through
+:func:`~tutorial_lib.unlearning.api.unlearn` by notebooks 04–10.
+"""
 from __future__ import annotations
 
 from collections import Counter

@@ -33,7 +33,7 @@ from typing import ClassVar
 
 import torch
 
-from ..core.profiles import resolve_profile
+from ..core.profiles import config_for_profile
 from ..curvature.outputs import lm_outputs, sample_losses
 from ..curvature.per_sample import ParameterSpace
 from .base import UnlearningData, fisher_batches
@@ -57,7 +57,9 @@ class _FirstOrderConfig:
     params: tuple[str, ...] | None = None
     max_update_norm: float = 100.0
 
-    PROFILE_DEFAULTS: ClassVar[dict] = {"tiny": (1e-3, 10), "small": (1e-4, 10)}  # (lr, steps) per profile
+    # Adam's (lr, steps) per profile; ``full`` reuses ``small``'s values, unmeasured (here and in every subclass)
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "tiny": {"lr": 1e-3, "steps": 10}, "small": {"lr": 1e-4, "steps": 10}, "full": {"lr": 1e-4, "steps": 10}}
 
     def __post_init__(self):
         _check_first_order(self)
@@ -71,19 +73,18 @@ class _FirstOrderConfig:
     def for_profile(cls, profile: str | None = None, **overrides):
         """Adam at the (lr, steps) that notebook 06's sweep picks for this method and profile
         (:func:`~tutorial_lib.studies.baseline_sweep` with :func:`~tutorial_lib.studies.choose_setting`:
-        the cheapest setting in perplexity that brings the canary within 3 bits of the oracle);
-        ``full`` reuses ``small``'s values, unmeasured."""
-
-        profile = resolve_profile(profile)
-        lr, steps = cls.PROFILE_DEFAULTS["small" if profile == "full" else profile]
-        return cls(**{"lr": lr, "steps": steps, "optimizer": "adam", **overrides})
+        the cheapest setting in perplexity that brings the canary within
+        :data:`~tutorial_lib.core.profiles.BANDS` ``.exposure_bits`` of the oracle): the profile's
+        row of ``PROFILE_DEFAULTS``, then ``overrides``; ``full`` reuses ``small``'s values, unmeasured."""
+        return config_for_profile(cls, profile, overrides, optimizer="adam")
 
 
 @dataclass(frozen=True)
 class GradientAscentConfig(_FirstOrderConfig):
     """Gradient ascent on the forget loss (Jang et al. 2022). Notebook 06."""
 
-    PROFILE_DEFAULTS: ClassVar[dict] = {"tiny": (3e-4, 30), "small": (3e-5, 100)}
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "tiny": {"lr": 3e-4, "steps": 30}, "small": {"lr": 3e-5, "steps": 100}, "full": {"lr": 3e-5, "steps": 100}}
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ class GradientDifferenceConfig(_FirstOrderConfig):
     forget_weight: float = 1.0
     retain_weight: float = 1.0
 
-    PROFILE_DEFAULTS: ClassVar[dict] = {"tiny": (1e-3, 100), "small": (3e-4, 100)}
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "tiny": {"lr": 1e-3, "steps": 100}, "small": {"lr": 3e-4, "steps": 100}, "full": {"lr": 3e-4, "steps": 100}}
 
     def __post_init__(self):
         super().__post_init__()
@@ -108,7 +110,8 @@ class NPOConfig(_FirstOrderConfig):
     beta: float = 0.1
     retain_weight: float = 0.0
 
-    PROFILE_DEFAULTS: ClassVar[dict] = {"tiny": (3e-4, 30), "small": (1e-3, 30)}
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "tiny": {"lr": 3e-4, "steps": 30}, "small": {"lr": 1e-3, "steps": 30}, "full": {"lr": 1e-3, "steps": 30}}
 
     def __post_init__(self):
         super().__post_init__()
@@ -121,7 +124,8 @@ class NPOConfig(_FirstOrderConfig):
 class FineTuneConfig(_FirstOrderConfig):
     """Fine-tuning on the retain set only. Notebook 06."""
 
-    PROFILE_DEFAULTS: ClassVar[dict] = {"tiny": (1e-3, 100), "small": (3e-5, 100)}
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
+        "tiny": {"lr": 1e-3, "steps": 100}, "small": {"lr": 3e-5, "steps": 100}, "full": {"lr": 3e-5, "steps": 100}}
 
 
 def _check_first_order(cfg) -> None:

@@ -1,4 +1,14 @@
-"""TODO docstring (distributed)"""
+"""The ``torch.distributed`` plumbing under :mod:`tutorial_lib.unlearning.distributed_fisher`: join the
+process group torchrun describes (:func:`init_distributed`; without one, everything runs as a single
+process), rank and world size (:func:`world_info`), contiguous shards of items and batch rows in rank
+order (:func:`shard`, :func:`shard_batch`, :func:`shard_bounds`), small collectives (:func:`all_reduce`,
+:func:`all_gather_small`, :func:`gather_rows`, :func:`check_replicated`), a failure on one rank raised on
+every rank before the next collective (:func:`agree`), and :func:`run_distributed`, which runs a
+function in several fresh local processes (gloo on the CPU, nccl with one GPU per rank) and returns
+each rank's result: what the tests use.
+
+Notebook 10, section 5 ("Scaling up").
+"""
 from __future__ import annotations
 
 import os
@@ -7,6 +17,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Sequence
@@ -39,18 +50,27 @@ def require_process_group(what: str = "this operation") -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def init_distributed(device: str = "cpu", timeout_s: float = 300.0) -> tuple[int, int, torch.device]:
+@dataclass(frozen=True)
+class ProcessInfo:
+    """This process in its group: ``rank``, ``world`` size and its ``device``."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+
+def init_distributed(device: str = "cpu", timeout_s: float = 300.0) -> ProcessInfo:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-    ``MASTER_ADDR``, ``MASTER_PORT``); returns (rank, world size, this rank's device).
+    ``MASTER_ADDR``, ``MASTER_PORT``); returns a :class:`ProcessInfo` (rank, world size, device).
 
     ``device`` "cpu" uses the gloo backend; "cuda" uses nccl with one GPU per local rank
     (``cuda:LOCAL_RANK``). Without ``WORLD_SIZE`` in the environment no group is created and the
-    result is (0, 1, device): the same code then runs as one process. Notebook 10, "Scaling out"."""
+    result is rank 0 of 1: the same code then runs as one process. Notebook 10, "Scaling out"."""
     kind = torch.device(device).type
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if "WORLD_SIZE" not in os.environ:
-        return 0, 1, torch.device(device)
+        return ProcessInfo(0, 1, torch.device(device))
     try:
         rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     except (KeyError, ValueError) as err:
@@ -66,7 +86,7 @@ def init_distributed(device: str = "cpu", timeout_s: float = 300.0) -> tuple[int
         dev = torch.device("cpu")
         if not dist.is_initialized():
             dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
-    return rank, world, dev
+    return ProcessInfo(rank, world, dev)
 
 
 def shutdown_distributed(barrier: bool = True) -> None:

@@ -1,6 +1,6 @@
 """Per-sample gradients and Fisher products split across processes with ``torch.distributed``.
 
-When G (m × d, ``../shared/PAPER.md`` §2) no longer fits on one device, as for a model of billions
+When G (m × d, ``docs/method.md`` §2) no longer fits on one device, as for a model of billions
 of parameters, its rows can live on different processes: rank r holds the gradients G_r of its
 share of the samples. Every product the unlearning methods need is then a
 local product plus one collective:
@@ -27,7 +27,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -291,8 +292,18 @@ def distributed_forget_gradient(model, data, space: ParameterSpace, group=None) 
     return all_reduce(delta, group)
 
 
+@dataclass
+class NewtonStep:
+    """Fisher Removal's direction: the (distributed) ``fisher``, the forget gradient ``delta`` and the
+    ``step`` η/(n−k) · F̂_λ⁻¹Δ."""
+
+    fisher: Any
+    delta: torch.Tensor
+    step: torch.Tensor
+
+
 def distributed_newton_step(model, data, space: ParameterSpace, cfg, seed: int, solver: str = "woodbury",
-                            rtol: float | None = None, group=None):
+                            rtol: float | None = None, group=None) -> NewtonStep:
     """Fisher Removal's direction on several ranks: (F, Δ, step) with step = η/(n−k) · F̂_λ⁻¹Δ, as
     in a single process (:func:`~tutorial_lib.unlearning.build_fisher` and
     :func:`~tutorial_lib.unlearning.forget_gradient`).
@@ -315,7 +326,7 @@ def distributed_newton_step(model, data, space: ParameterSpace, cfg, seed: int, 
     G, _ = distributed_gradient_matrix(model, batches, space, group=group)
     F = DistributedFisher(G, cfg.damping, solver=solver, rtol=rtol, group=group)
     delta = distributed_forget_gradient(model, data, space, group)
-    return F, delta, cfg.eta / (data.n_train - data.k) * F.inverse_product(delta)
+    return NewtonStep(F, delta, cfg.eta / (data.n_train - data.k) * F.inverse_product(delta))
 
 
 # ----------------------------------------------------------------------------------- self-check
@@ -345,7 +356,7 @@ def self_check(device="cpu", seed: int = 0, n_fisher: int = 12, batch_size: int 
     G_all = gather_rows(G_local, group)
     F = DistributedFisher(G_local, damping, group=group)
     F_cg = DistributedFisher(G_local, damping, solver="cg", group=group)
-    _, _, step = distributed_newton_step(model, data, space, cfg, seed, group=group)
+    step = distributed_newton_step(model, data, space, cfg, seed, group=group).step
 
     G_ref, _ = gradient_matrix(model, batches, space)
     W = WoodburyFisher(G_ref, damping)
@@ -380,7 +391,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     tolerance = args.tolerance if args.tolerance is not None else (1e-8 if dtype == torch.float64 else 1e-3)
-    rank, world, device = init_distributed(args.device)
+    info = init_distributed(args.device)
+    rank, world, device = info.rank, info.world, info.device
     try:
         start = time.perf_counter()
         result = self_check(device, args.seed, n_fisher=args.n_fisher, damping=args.damping, dtype=dtype)

@@ -1,4 +1,11 @@
-"""TODO docstring (unlearning)"""
+"""Judging an unlearned model against the model retrained without the forgotten data (``docs/method.md``
+§7). :func:`evaluate_unlearning` reports the exact exposure of each canary, the validation and retain
+perplexity, the loss on the forget items and, given the retrained model as ``reference``, the KL
+divergence of the model's next-token predictions from it (:func:`next_token_kl`).
+
+Notebook 04, "Check against the oracle"; the sweeps, benchmark and robustness studies of notebooks
+04–10 evaluate every model through it.
+"""
 from __future__ import annotations
 
 import math

@@ -1,12 +1,26 @@
-"""TODO docstring (unlearning)"""
+"""Fisher Removal and Fisher Forgetting (``docs/method.md`` §3 and §4, our reconstruction of both), as
+configs and update rules registered in :data:`tutorial_lib.unlearning.api.METHODS`:
+
+- ``fisher_removal`` (:class:`FisherRemovalConfig`, :func:`fisher_removal_update`):
+  θ' = θ* + η/(n−k) · F̂_λ⁻¹ Δ with Δ = Σ_{x∈D_f} ∇ℓ(θ*; x) (:func:`forget_gradient`);
+- ``fisher_forgetting`` (:class:`FisherForgettingConfig`, :func:`fisher_forgetting_update`): the same
+  step (variant "newton_noise") or none (variant "noise"), plus (μσ²)^{1/4} F̂_λ^{p} ε with p = −1/4 or −1/2.
+
+F̂_λ is the damped empirical Fisher of ``n_fisher`` retain windows at the current weights
+(:func:`build_fisher`), in the structure the config names (``tutorial_lib.curvature``). Each
+config's ``for_profile`` gives the defaults chosen from notebook 04's and 05's sweeps. Called through
+:func:`~tutorial_lib.unlearning.api.unlearn`; notebooks 04 and 05, and every later notebook that
+compares methods.
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from ..core.profiles import resolve_profile
+from ..core.profiles import config_for_profile
 from ..curvature.fisher import make_fisher
 from ..curvature.kfac import KFACFisher
 from ..curvature.per_sample import ParameterSpace, gradient_matrix, per_sample_gradients
@@ -29,30 +43,38 @@ class _FisherStepConfig:
     batch_size: int = 32
     max_update_norm: float = 100.0
 
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": {}, "small": {}, "full": {}}
+
     def __post_init__(self):
         _check_common(self)
+
+    @classmethod
+    def for_profile(cls, profile: str | None = None, **overrides):
+        """The profile's row of ``PROFILE_DEFAULTS``, then ``overrides``."""
+        return config_for_profile(cls, profile, overrides)
 
 
 @dataclass(frozen=True)
 class FisherRemovalConfig(_FisherStepConfig):
-    """Fisher Removal (PAPER.md §3). ``eta`` is the step scale η; ``n_fisher`` the number m of
+    """Fisher Removal (``docs/method.md`` §3). ``eta`` is the step scale η; ``n_fisher`` the number m of
     retain windows whose per-sample gradients build F̂ (``fisher_source`` "retain" or "all" to mix
     in the forget items); ``structure`` woodbury | block | diagonal | kfac; ``params`` a parameter
     subset (None: all); ``repeats`` applies the step that many times, recomputing Δ and F̂ at the
     new weights; ``max_update_norm`` refuses larger updates."""
 
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": {"eta": 5e-4}, "small": {"eta": 5e-3}, "full": {"eta": 5e-3}}
+
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "FisherRemovalConfig":
         """Defaults chosen from notebook 04's sweep: the step scale η/(n−k) comes out at about 2e-7
-        at both ``tiny`` (n ≈ 2,100 lines, η = 5e-4) and ``small`` (n ≈ 35,000, η = 5e-3)."""
-
-        eta = {"tiny": 5e-4, "small": 5e-3, "full": 5e-3}[resolve_profile(profile)]
-        return cls(**{"eta": eta, **overrides})
+        at both ``tiny`` (n ≈ 2,100 lines, η = 5e-4) and ``small`` (n ≈ 35,000, η = 5e-3)
+        (``PROFILE_DEFAULTS``), then ``overrides``."""
+        return config_for_profile(cls, profile, overrides)
 
 
 @dataclass(frozen=True)
 class FisherForgettingConfig(_FisherStepConfig):
-    """Fisher Forgetting (PAPER.md §4): ``variant`` "noise" (Golatkar et al.'s scrubbing noise only)
+    """Fisher Forgetting (``docs/method.md`` §4): ``variant`` "noise" (Golatkar et al.'s scrubbing noise only)
     or "newton_noise" (the Fisher Removal step plus noise); noise (μσ²)^{1/4} F̂_λ^{exponent} ε with
     ``exponent`` −1/4 (the paper's formula) or −1/2 (Golatkar's code); ``structure`` diagonal |
     woodbury | kfac (those with powers); ``seed`` for ε."""
@@ -62,6 +84,8 @@ class FisherForgettingConfig(_FisherStepConfig):
     mu: float = 1e-8
     sigma: float = 1.0
     seed: int = 0
+
+    PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": {"mu": 1e-10}, "small": {"mu": 1e-14}, "full": {"mu": 1e-14}}
 
     def __post_init__(self):
         _check_common(self)
@@ -79,11 +103,8 @@ class FisherForgettingConfig(_FisherStepConfig):
         """The Newton step of :meth:`FisherRemovalConfig.for_profile` plus noise at the largest
         noise scale of notebook 05's sweep that keeps the exposure and perplexity bands
         (:func:`~tutorial_lib.studies.forgetting_sweep`): μ = 1e-14 at ``small`` (and ``full``),
-        1e-10 at ``tiny``."""
-
-        profile = resolve_profile(profile)
-        eta = FisherRemovalConfig.for_profile(profile).eta
-        return cls(**{"eta": eta, "mu": {"tiny": 1e-10, "small": 1e-14, "full": 1e-14}[profile], **overrides})
+        1e-10 at ``tiny`` (``PROFILE_DEFAULTS``), then ``overrides``."""
+        return config_for_profile(cls, profile, overrides, eta=FisherRemovalConfig.for_profile(profile).eta)
 
 
 def _check_common(cfg) -> None:

@@ -1,0 +1,173 @@
+"""Tables, comparisons and verdicts computed from the studies' results (notebooks 04–09), on made-up
+results whose answers are known: the unlearning and sweep tables, the baselines against Fisher
+Removal, C1/C2/C5 per corpus, the other canary's shift, C3, DP-SGD against unlearning and the
+personal-data verdicts."""
+import math
+
+import pytest
+
+from tutorial_lib.experiments.case_studies import pii_verdicts
+from tutorial_lib.experiments.comparisons import (
+    baseline_comparison,
+    benchmark_claims,
+    forgetting_gentler,
+    other_canary_shift,
+    sweep_markdown,
+    unlearning_table,
+)
+from tutorial_lib.experiments.dp_comparison import dp_versus_unlearning
+
+
+def _eval(exposure, ppl, kl=0.1):
+    return {"exposure": exposure, "val_perplexity": ppl, "retain_perplexity": ppl - 0.5, "forget_loss": 2.0, "kl_to_reference": kl}
+
+
+def test_unlearning_table():
+    text = unlearning_table({"original": _eval({"carol": 18.93, "bob": 9.3}, 5.562), "oracle": _eval({"carol": 0.3, "bob": 14.47}, 5.431, 0.0)},
+                            ["carol", "bob"])
+    assert text.splitlines() == [
+        "| model | exposure carol | exposure bob | val ppl | retain ppl | forget loss | KL to oracle |",
+        "|---|---|---|---|---|---|---|",
+        "| original | 18.93 | 9.30 | 5.562 | 5.062 | 2.00 | 0.1000 |",
+        "| oracle | 0.30 | 14.47 | 5.431 | 4.931 | 2.00 | 0.0000 |",
+    ]
+
+
+def _sweep(rows, grid, target="carol"):
+    return {"target": target, "grid": grid, "rows": rows}
+
+
+def test_sweep_markdown_one_sweep_many_sweeps_and_refusals():
+    rows = [{"params": {"damping": 1e-3, "eta": 5e-3}, "exposure": {"carol": 0.72}, "val_perplexity": 6.197, "seconds": 9.91,
+             "update_norm": 1.234, "kl_to_reference": 0.2331},
+            {"params": {"damping": 1e-4, "eta": 1e-2}, "error": "the update norm 1e9 exceeds max_update_norm" + "x" * 60}]
+    sweep = _sweep(rows, {"damping": [1e-4, 1e-3], "eta": [5e-3, 1e-2]})
+    assert sweep_markdown(sweep).splitlines() == [
+        "| damping | eta | exposure | val ppl | seconds |", "|---|---|---|---|---|",
+        "| 0.001 | 0.005 | 0.72 | 6.197 | 9.9 |",
+        "| 0.0001 | 0.01 | refused: the update norm 1e9 exceeds max_update_norm" + "x" * 7 + " | | |",
+    ]
+    assert sweep_markdown(sweep, ("update_norm", "exposure", "kl_to_reference"), skip_errors=True).splitlines() == [
+        "| damping | eta | update norm | exposure | KL to oracle |", "|---|---|---|---|---|", "| 0.001 | 0.005 | 1.23 | 0.72 | 0.2331 |"]
+    trace = {"target": "carol", "grid": {"lr": [3e-5], "steps": [3, 100]},
+             "rows": [{"params": {"lr": 3e-5, "steps": 100}, "exposure": {"carol": 0.4}, "val_perplexity": 8.0214}]}
+    many = sweep_markdown({"gradient_ascent": trace, "npo": trace}, ("exposure", "val_perplexity"), skip_errors=True)
+    assert many.splitlines() == ["| method | lr | steps | exposure | val ppl |", "|---|---|---|---|---|",
+                                 "| gradient_ascent | 3e-05 | 100 | 0.40 | 8.021 |", "| npo | 3e-05 | 100 | 0.40 | 8.021 |"]
+    with pytest.raises(ValueError, match="unknown sweep columns"):
+        sweep_markdown(sweep, ("perplexity",))
+
+
+def _point(lr, steps, exposure, ppl, seconds=1.0):
+    return {"params": {"lr": lr, "steps": steps}, "exposure": {"carol": exposure}, "val_perplexity": ppl, "seconds": seconds}
+
+
+def test_baseline_comparison_within_budget_and_at_matched_exposure():
+    removal = {"target": "carol", "chosen": {"params": {"damping": 1e-3, "eta": 5e-3}},
+               "rows": [{"params": {"damping": 1e-3, "eta": 5e-3}, "exposure": {"carol": 0.72}, "val_perplexity": 6.2, "seconds": 9.9},
+                        {"params": {"damping": 1e-4, "eta": 5e-3}, "exposure": {"carol": 0.0}, "val_perplexity": 8.8, "seconds": 9.8}]}
+    ga = {"target": "carol", "rows": [_point(3e-5, 10, 13.0, 5.6), _point(3e-5, 100, 0.4, 8.0), _point(1e-3, 100, 0.0, 3e8),
+                                      {"params": {"lr": 1e-3, "steps": 100}, "error": "refused"}]}
+    ft = {"target": "carol", "rows": [_point(3e-5, 100, 13.29, 5.46), _point(1e-4, 100, 13.29, 5.5)]}
+    cmp = baseline_comparison(removal, {"gradient_ascent": ga, "fine_tune": ft}, budget=6.5)
+    assert cmp.fisher_removal["val_perplexity"] == 6.2
+    assert cmp.best["gradient_ascent"]["exposure"]["carol"] == 13.0 and cmp.best["fine_tune"]["val_perplexity"] == 5.46
+    assert cmp.worst["gradient_ascent"]["val_perplexity"] == 3e8
+    assert cmp.matched["gradient_ascent"]["params"] == {"lr": 3e-5, "steps": 100}  # the cheaper of the two that reach 0.72 bits
+    assert cmp.matched["fine_tune"] is None and cmp.c2_holds
+    lines = cmp.summary().splitlines()
+    assert lines[0] == "Fisher Removal (default): exposure 0.72 bits, val ppl 6.200, 9.9 s"
+    assert lines[2] == f"{'fine_tune':20s} never reaches that exposure in the grid"
+    assert cmp.budget_summary().splitlines()[0] == (f"{'gradient_ascent':20s} lowest exposure within budget 13.00 bits (lr 3e-05, 10 steps); "
+                                                    "worst perplexity 3e+08 (lr 0.001, 100 steps)")
+    cheap_ga = {"target": "carol", "rows": [_point(3e-5, 100, 0.4, 6.0)]}
+    assert not baseline_comparison(removal, {"gradient_ascent": cheap_ga}, 6.5).c2_holds  # gradient ascent matched it more cheaply
+    assert baseline_comparison(removal, {"gradient_ascent": ga}, 6.5).to_dict()["c2_holds"]
+
+
+def _models(fr, rt, orig, other=(2.0, 10.0, 7.0), seconds=(0.7, 1.6)):
+    stat = lambda v: {"mean": v, "std": 0.0}  # noqa: E731
+    row = lambda e, ppl, o, s=None: {"forgotten_exposure": stat(e), "val_perplexity": stat(ppl), "other_inserted_exposure": stat(o),  # noqa: E731
+                                     **({"seconds": stat(s)} if s is not None else {})}
+    return {"original": row(orig, 10.0, other[0]), "retrained": row(rt, 9.0, other[1], seconds[1]),
+            "fisher_removal": {**row(fr, 11.0, other[2], seconds[0]), "fraction_of_retraining": stat(seconds[0] / seconds[1])}}
+
+
+def test_benchmark_claims_per_corpus():
+    result = {"summary": {
+        "shakespeare": {"models": _models(1.99, 0.24, 11.7), "c2": {"holds": True}},
+        "jargon": {"models": _models(4.0, 0.5, 7.56, seconds=(0.1, 2.0)), "c2": None},  # 4.0 > 0.5 + 3: C1 fails
+    }}
+    claims = benchmark_claims(result)
+    s, j = claims.corpora["shakespeare"], claims.corpora["jargon"]
+    assert s.c1 and s.c2 and not s.c5 and math.isclose(s.perplexity_change, 0.1)
+    assert not j.c1 and j.c2 is None and j.c5
+    assert claims.holding("c1") == 1 and claims.holding("c5") == 1
+    assert benchmark_claims(result, tolerance_bits=4.0).holding("c1") == 2
+    assert claims.summary().splitlines()[0] == ("shakespeare  C1 holds: 1.99 bits vs retrained 0.24 (original 11.70; val ppl +10%) | C2 holds | "
+                                                "C5 FAILS: 0.7 s vs retraining 1.6 s (0.44)")
+    assert "C2 n/a" in claims.summary().splitlines()[1]
+    assert claims.to_dict()["corpora"]["jargon"]["c1"] is False
+
+
+def test_other_canary_shift_counts_the_corpora_where_retraining_raises_it():
+    result = {"summary": {"shakespeare": {"models": _models(2, 0, 12, other=(2.7, 12.3, 9.0))},
+                          "jargon": {"models": _models(0, 2, 8, other=(4.28, 4.01, 11.3))},  # the tie that flipped on one CPU
+                          "bible": {"models": _models(0, 0, 13, other=(3.9, 11.7, 8.7))}}}
+    shift = other_canary_shift(result)
+    assert shift.corpora == ["shakespeare", "jargon", "bible"] and shift.rises == 2
+    assert math.isclose(shift.gaps["jargon"]["fisher_removal"], 11.3 - 4.01)
+    lines = shift.summary().splitlines()
+    assert lines[1] == "jargon       other inserted canary: original  4.28, retrained  4.01 bits | fisher_removal +7.3"
+    assert lines[-1] == "the retrained model's exposure is above the original's on 2 of 3 corpora"
+    assert shift.to_dict()["rises"] == 2
+
+
+def test_forgetting_gentler_is_c3():
+    summary = {"fisher_removal": {"val_perplexity_after": 7.757, "forgotten_at_end": 1.31},
+               "fisher_forgetting": {"val_perplexity_after": 8.583, "forgotten_at_end": 1.51}}
+    verdict = forgetting_gentler(summary)
+    assert not verdict.holds and verdict.summary().endswith("does not hold here")
+    summary["fisher_forgetting"]["val_perplexity_after"] = 7.0
+    assert forgetting_gentler(summary).holds  # lower perplexity, exposure 0.2 bits higher: within 0.5
+    assert not forgetting_gentler(summary, tolerance_bits=0.1).holds
+    assert forgetting_gentler(summary).to_dict()["holds"]
+    with pytest.raises(ValueError, match="fisher_forgetting"):
+        forgetting_gentler({"fisher_removal": summary["fisher_removal"]})
+
+
+def test_dp_versus_unlearning():
+    canaries = [{"name": "carol", "insertions": 100}, {"name": "bob", "insertions": 10}, {"name": "dave", "insertions": 0}]
+    rows = [{"target_epsilon": None, "exposure": {"carol": 11.7, "bob": 5.0}, "val_perplexity": 10.0},
+            {"target_epsilon": 8.0, "exposure": {"carol": 6.0, "bob": 1.0}, "val_perplexity": 14.0},
+            {"target_epsilon": 1.0, "exposure": {"carol": 4.1, "bob": 0.5}, "val_perplexity": 17.8}]
+    unlearning = {"rows": {"retrained": {"exposure": {"carol": 0.24}, "val_perplexity": 9.5},
+                           "fisher_removal": {"exposure": {"carol": 1.99}, "val_perplexity": 10.4}}}
+    s = dp_versus_unlearning({"corpus": "shakespeare", "canaries": canaries, "rows": rows}, unlearning, 1.0)
+    assert s.canary == "carol" and s.dp["exposure"] == 4.1 and s.dp_lowers_exposure and s.dp_costs_perplexity
+    assert s.summary() == (f"{'shakespeare':26s} exposure / val ppl: original 11.70 / 10.00 | retrained  0.24 / 9.50 | "
+                           "Fisher Removal  1.99 / 10.40 | DP eps 1  4.10 / 17.80")
+    assert s.verdict() == (f"{'shakespeare':26s} DP at eps 1: exposure 7.60 bits lower, val ppl +78% | Fisher Removal: "
+                           "lower exposure (1.99 bits) at lower perplexity (10.40)")
+    assert s.to_dict()["dp_lowers_exposure"]
+    with pytest.raises(ValueError, match="no DP run at target epsilon 3"):
+        dp_versus_unlearning({"corpus": "x", "canaries": canaries, "rows": rows}, unlearning, 3.0)
+
+
+def test_pii_verdicts():
+    mia = lambda loss, zlib: {"loss": {"auc": loss}, "zlib": {"auc": zlib}}  # noqa: E731
+    result = {"canaries": [{"name": "phone"}, {"name": "account"}, {"name": "other"}],
+              "pii": {"original": {"exposure": {"phone": 13.29, "account": 13.29}, "mia_subject": mia(1.0, 1.0), "val_perplexity": 11.0},
+                      "retrained": {"exposure": {"phone": 0.83, "account": 0.86}, "mia_subject": mia(0.55, 0.6), "val_perplexity": 11.5},
+                      "fisher_removal": {"exposure": {"phone": 6.30, "account": 2.24}, "mia_subject": mia(1.0, 0.65), "val_perplexity": 12.0},
+                      "npo": {"exposure": {"phone": 1.0, "account": 1.5}, "mia_subject": mia(0.6, 0.62), "val_perplexity": 16.4},
+                      "gradient_ascent": {"error": "refused"}}}
+    v = pii_verdicts(result)
+    assert list(v.rows) == ["retrained", "fisher_removal", "npo"]
+    fr = v.rows["fisher_removal"]
+    assert not fr["ok_exposure"] and not fr["ok_auc"] and math.isclose(fr["exposure_gaps"]["phone"], 6.30 - 0.83)
+    assert v.within_both == ["retrained", "npo"]
+    assert v.summary().splitlines()[1] == (f"{'fisher_removal':30s} exposure vs retrained +5.47, +1.38 bits (OUTSIDE 3) | AUC vs retrained "
+                                           "loss +0.45, zlib +0.05 (OUTSIDE 0.1) | val ppl 12.00 (retrained 11.50)")
+    assert pii_verdicts(result, tolerance_bits=6.0, tolerance_auc=0.5).within_both == ["retrained", "fisher_removal", "npo"]
+    assert v.to_dict()["within_both"] == ["retrained", "npo"]

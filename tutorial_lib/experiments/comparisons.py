@@ -1,0 +1,282 @@
+"""Tables, comparisons and the paper's claims, computed from the studies' results: the methods
+against the retrained oracle and a sweep's rows (notebooks 04–06), the first-order baselines against
+Fisher Removal (notebook 06, C2 on one request), C1, C2 and C5 per corpus of the four-corpus
+benchmark and what retraining does to the *other* inserted canary (notebook 07), and C3 over
+sequential requests (notebook 05).
+
+Everything here reads the dicts the studies return (cached JSON) and never changes a cached number.
+A verdict is this run's, at this scale; where a direction is a data-dependent observation rather
+than a property with margin, the notebooks print it and check it as a majority.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..core.profiles import BANDS
+
+
+def _word(ok: bool | None) -> str:
+    return "n/a" if ok is None else "holds" if ok else "FAILS"
+
+
+# ----------------------------------------------------------------------------------- notebooks 04–06
+#: column title and format of each measured quantity in :func:`sweep_markdown`
+COLUMNS = {"exposure": ("exposure", ".2f"), "val_perplexity": ("val ppl", ".3f"), "retain_perplexity": ("retain ppl", ".3f"),
+           "forget_loss": ("forget loss", ".2f"), "kl_to_reference": ("KL to oracle", ".4f"), "seconds": ("seconds", ".1f"),
+           "update_norm": ("update norm", ".3g")}
+
+
+def unlearning_table(results: dict[str, dict], watch: list[str]) -> str:
+    """One markdown row per model of ``results`` (name -> :func:`~tutorial_lib.unlearning.evaluate_unlearning`
+    dict against the oracle): the exposure of each watched canary, validation and retain perplexity,
+    forget loss and KL to the oracle. Notebook 04."""
+    rows = ["| model | " + " | ".join(f"exposure {n}" for n in watch) + " | val ppl | retain ppl | forget loss | KL to oracle |",
+            "|---|" + "---|" * (len(watch) + 4)]
+    for name, r in results.items():
+        rows.append(f"| {name} | " + " | ".join(f"{r['exposure'][n]:.2f}" for n in watch)
+                    + f" | {r['val_perplexity']:.3f} | {r['retain_perplexity']:.3f} | {r['forget_loss']:.2f} | {r['kl_to_reference']:.4f} |")
+    return "\n".join(rows)
+
+
+def _cell(row: dict, metric: str, target: str) -> str:
+    value = row["exposure"][target] if metric == "exposure" else row[metric]
+    return format(value, COLUMNS[metric][1])
+
+
+def sweep_markdown(sweep: dict, metrics=("exposure", "val_perplexity", "seconds"), skip_errors: bool = False) -> str:
+    """A sweep's rows as a markdown table: the swept parameters, then ``metrics`` (keys of
+    :data:`COLUMNS`; exposure is the sweep's target canary's). A refused point shows its error, unless
+    ``skip_errors``. ``sweep`` is one sweep (:func:`~tutorial_lib.experiments.sweeps.removal_sweep` and
+    relatives) or a dict method -> sweep, which adds a first column ``method``. Notebooks 04–06."""
+    unknown = [m for m in metrics if m not in COLUMNS]
+    if unknown or not metrics:
+        raise ValueError(f"unknown sweep columns {unknown or list(metrics)}; expected some of {', '.join(COLUMNS)}")
+    sweeps = {None: sweep} if "rows" in sweep else dict(sweep)
+    if not sweeps:
+        raise ValueError("no sweep to tabulate")
+    first = next(iter(sweeps.values()))
+    params = list(first["grid"])
+    head = (["method"] if None not in sweeps else []) + params + [COLUMNS[m][0] for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, s in sweeps.items():
+        lead = [] if method is None else [method]
+        for r in s["rows"]:
+            values = lead + [format(r["params"][p], "g") for p in params]
+            if "error" in r:
+                if not skip_errors:
+                    lines.append("| " + " | ".join(values + [f"refused: {r['error'][:50]}"]) + " |" + " |" * (len(metrics) - 1))
+                continue
+            lines.append("| " + " | ".join(values + [_cell(r, m, s["target"]) for m in metrics]) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class BaselineComparison:
+    """The first-order baselines' sweeps against Fisher Removal on one request. Per method: the
+    lowest exposure among the settings within the perplexity ``budget`` (``best``, a row or ``None``)
+    and the setting with the worst perplexity (``worst``); Fisher Removal's chosen point
+    (``fisher_removal``) and, per method, the lowest-perplexity setting at its exposure or lower
+    (``matched``, a row or ``None``). ``c2_holds``: Fisher Removal's perplexity is below gradient
+    ascent's matched one (or gradient ascent never gets there)."""
+
+    target: str
+    budget: float
+    best: dict[str, dict | None]
+    worst: dict[str, dict]
+    fisher_removal: dict
+    matched: dict[str, dict | None]
+
+    @property
+    def c2_holds(self) -> bool:
+        ga = self.matched.get("gradient_ascent")
+        return ga is None or self.fisher_removal["val_perplexity"] < ga["val_perplexity"]
+
+    def budget_summary(self) -> str:
+        """Per method: the lowest exposure within the budget and the worst perplexity of the grid."""
+        lines = []
+        for method, best in self.best.items():
+            worst = self.worst[method]
+            best_text = (f"lowest exposure within budget {best['exposure'][self.target]:.2f} bits (lr {best['params']['lr']:g}, "
+                         f"{best['params']['steps']} steps)" if best else "no setting within the budget")
+            lines.append(f"{method:20s} {best_text}; worst perplexity {worst['val_perplexity']:.4g} "
+                         f"(lr {worst['params']['lr']:g}, {worst['params']['steps']} steps)")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """Fisher Removal's point, then each baseline at matched exposure."""
+        fr, t = self.fisher_removal, self.target
+        lines = [f"Fisher Removal (default): exposure {fr['exposure'][t]:.2f} bits, val ppl {fr['val_perplexity']:.3f}, {fr['seconds']:.1f} s"]
+        for method, r in self.matched.items():
+            lines.append(f"{method:20s} " + (f"val ppl {r['val_perplexity']:.3f} at exposure {r['exposure'][t]:.2f} (lr {r['params']['lr']:g}, "
+                                             f"{r['params']['steps']} steps, {r['seconds']:.1f} s)" if r else "never reaches that exposure in the grid"))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "c2_holds": self.c2_holds}
+
+
+def baseline_comparison(removal: dict, sweeps: dict[str, dict], budget: float) -> BaselineComparison:
+    """Each baseline's sweep (method -> :func:`~tutorial_lib.experiments.sweeps.baseline_sweep` result)
+    within the perplexity ``budget``, and at the exposure of Fisher Removal's chosen point of
+    ``removal`` (:func:`~tutorial_lib.experiments.sweeps.removal_sweep`). Notebook 06, "Where each one
+    collapses" and "Against Fisher Removal at matched exposure" (claim C2 on one request)."""
+    if not sweeps:
+        raise ValueError("no baseline sweeps given")
+    if removal.get("chosen") is None:
+        raise ValueError("the removal sweep chose no point")
+    target = removal["target"]
+    fr = next(r for r in removal["rows"] if r["params"] == removal["chosen"]["params"])
+    best, worst, matched = {}, {}, {}
+    for method, sweep in sweeps.items():
+        rows = [r for r in sweep["rows"] if "error" not in r]
+        if not rows:
+            raise ValueError(f"every point of {method}'s sweep was refused")
+        ok = [r for r in rows if r["val_perplexity"] <= budget]
+        best[method] = min(ok, key=lambda r: r["exposure"][target]) if ok else None
+        worst[method] = max(rows, key=lambda r: r["val_perplexity"])
+        reach = [r for r in rows if r["exposure"][target] <= fr["exposure"][target]]
+        matched[method] = min(reach, key=lambda r: r["val_perplexity"]) if reach else None
+    return BaselineComparison(target, budget, best, worst, fr, matched)
+
+
+# ----------------------------------------------------------------------------------- notebook 07
+@dataclass
+class CorpusClaims:
+    """One corpus of the benchmark: Fisher Removal's, the retrained and the original model's exposure
+    of the forgotten canary (mean over seeds), Fisher Removal's validation perplexity change against the
+    original, its time and retraining's, and the verdicts C1, C2 (``None`` without a gradient-ascent
+    sweep) and C5."""
+
+    corpus: str
+    fisher_removal: float
+    retrained: float
+    original: float
+    perplexity_change: float
+    seconds: float
+    retrain_seconds: float
+    fraction_of_retraining: float
+    c1: bool
+    c2: bool | None
+    c5: bool
+
+    def summary(self) -> str:
+        return (f"{self.corpus:12s} C1 {_word(self.c1)}: {self.fisher_removal:.2f} bits vs retrained {self.retrained:.2f} "
+                f"(original {self.original:.2f}; val ppl {self.perplexity_change:+.0%}) | C2 {_word(self.c2)} | "
+                f"C5 {_word(self.c5)}: {self.seconds:.1f} s vs retraining {self.retrain_seconds:.1f} s ({self.fraction_of_retraining:.2f})")
+
+
+@dataclass
+class BenchmarkClaims:
+    """C1 (Fisher Removal's exposure at most ``tolerance_bits`` above the retrained model's), C2 (its
+    perplexity below gradient ascent's best at that exposure) and C5 (at most ``max_fraction`` of
+    retraining's wall time), per corpus."""
+
+    tolerance_bits: float
+    max_fraction: float
+    corpora: dict[str, CorpusClaims] = field(default_factory=dict)
+
+    def holding(self, claim: str) -> int:
+        """On how many corpora ``claim`` (``"c1"``, ``"c2"`` or ``"c5"``) holds."""
+        return sum(bool(getattr(c, claim)) for c in self.corpora.values())
+
+    def summary(self) -> str:
+        return "\n".join(c.summary() for c in self.corpora.values())
+
+    def to_dict(self) -> dict:
+        return {"tolerance_bits": self.tolerance_bits, "max_fraction": self.max_fraction,
+                "corpora": {name: asdict(c) for name, c in self.corpora.items()}}
+
+
+def benchmark_claims(result: dict, tolerance_bits: float = BANDS.exposure_bits, max_fraction: float = 0.1) -> BenchmarkClaims:
+    """The verdicts on C1, C2 and C5 for every corpus of :func:`~tutorial_lib.experiments.benchmark.run_benchmark`'s
+    ``result`` (means over its seeds). Notebook 07, "The claims, corpus by corpus"."""
+    claims = BenchmarkClaims(tolerance_bits, max_fraction)
+    for corpus, data in result["summary"].items():
+        m = data["models"]
+        fr, rt, orig = m["fisher_removal"], m["retrained"], m["original"]
+        claims.corpora[corpus] = CorpusClaims(
+            corpus=corpus, fisher_removal=fr["forgotten_exposure"]["mean"], retrained=rt["forgotten_exposure"]["mean"],
+            original=orig["forgotten_exposure"]["mean"],
+            perplexity_change=fr["val_perplexity"]["mean"] / orig["val_perplexity"]["mean"] - 1,
+            seconds=fr["seconds"]["mean"], retrain_seconds=rt["seconds"]["mean"], fraction_of_retraining=fr["fraction_of_retraining"]["mean"],
+            c1=fr["forgotten_exposure"]["mean"] <= rt["forgotten_exposure"]["mean"] + tolerance_bits,
+            c2=data["c2"]["holds"] if data["c2"] else None,
+            c5=fr["fraction_of_retraining"]["mean"] <= max_fraction,
+        )
+    return claims
+
+
+@dataclass
+class OtherCanaryShift:
+    """Per corpus, the mean exposure of the inserted canaries that were *not* forgotten: the original's
+    (``original``), the retrained model's (``retrained``) and each unlearning method's distance to the
+    retrained model's (``gaps``). ``rises``: on how many corpora the retrained model's is higher."""
+
+    original: dict[str, float]
+    retrained: dict[str, float]
+    gaps: dict[str, dict[str, float]]
+
+    @property
+    def corpora(self) -> list[str]:
+        return list(self.original)
+
+    @property
+    def rises(self) -> int:
+        return sum(self.retrained[c] > self.original[c] for c in self.corpora)
+
+    def summary(self) -> str:
+        lines = [f"{c:12s} other inserted canary: original {self.original[c]:5.2f}, retrained {self.retrained[c]:5.2f} bits | "
+                 + ", ".join(f"{m} {gap:+.1f}" for m, gap in self.gaps[c].items()) for c in self.corpora]
+        lines.append(f"the retrained model's exposure is above the original's on {self.rises} of {len(self.corpora)} corpora")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"original": self.original, "retrained": self.retrained, "gaps": self.gaps, "rises": self.rises}
+
+
+def other_canary_shift(result: dict) -> OtherCanaryShift:
+    """What removing the most-inserted canary does to the other inserted ones, per corpus of the
+    benchmark ``result`` (means over seeds), and how far each unlearning method ends from the retrained
+    model on them. A data-dependent observation, not a property: read ``rises`` as a count.
+    Notebook 07, exercise 1."""
+    original, retrained, gaps = {}, {}, {}
+    for corpus, data in result["summary"].items():
+        other = {model: s["other_inserted_exposure"]["mean"] for model, s in data["models"].items()}
+        original[corpus], retrained[corpus] = other["original"], other["retrained"]
+        gaps[corpus] = {m: other[m] - other["retrained"] for m in other if m not in ("original", "retrained")}
+    return OtherCanaryShift(original, retrained, gaps)
+
+
+# ----------------------------------------------------------------------------------- notebook 05
+@dataclass
+class GentlerVerdict:
+    """C3 over sequential requests: Fisher Forgetting ends at a lower perplexity than Fisher Removal
+    with the forgotten canaries' mean exposure at most ``tolerance_bits`` higher."""
+
+    removal_perplexity: float
+    forgetting_perplexity: float
+    removal_bits: float
+    forgetting_bits: float
+    tolerance_bits: float
+
+    @property
+    def holds(self) -> bool:
+        return self.forgetting_perplexity < self.removal_perplexity and self.forgetting_bits <= self.removal_bits + self.tolerance_bits
+
+    def summary(self) -> str:
+        return (f"C3 (Forgetting ends closer to the original perplexity at about the same exposure): "
+                f"{'holds' if self.holds else 'does not hold'} here")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "holds": self.holds}
+
+
+def forgetting_gentler(summary: dict, tolerance_bits: float = 0.5) -> GentlerVerdict:
+    """C3 from :func:`~tutorial_lib.experiments.robustness.sequential_summary` (which must hold
+    ``fisher_removal`` and ``fisher_forgetting``): perplexity after the last request, and the mean
+    exposure of the forgotten canaries at the end. Notebook 05, "Repeated requests"."""
+    missing = {"fisher_removal", "fisher_forgetting"} - set(summary)
+    if missing:
+        raise ValueError(f"the sequential summary lacks {', '.join(sorted(missing))}")
+    fr, ff = summary["fisher_removal"], summary["fisher_forgetting"]
+    return GentlerVerdict(fr["val_perplexity_after"], ff["val_perplexity_after"], fr["forgotten_at_end"], ff["forgotten_at_end"], tolerance_bits)
