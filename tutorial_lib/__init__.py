@@ -15,435 +15,113 @@ This module re-exports what the notebooks and a researcher use (:data:`__all__`)
 in its module. Nothing runs at import time.
 """
 from ._version import __version__
-from .core.cache import (
-    CheckpointMismatchError,
-)
-from .core.canaries import (
-    Canary,
-    RandomnessSpace,
-    insert_canaries,
-    make_canaries,
-)
-from .core.data import (
-    CORPORA,
-    DataError,
-    corpus_path,
-    load_corpus,
-    verify_data,
-)
-from .core.evaluation import (
-    compute_loss,
-    compute_perplexity,
-    tokenize_lines,
-)
-from .core.models import (
-    ModelConfig,
-    count_parameters,
-    load_pretrained,
-    make_model,
-)
+from .core.cache import CheckpointMismatchError
+from .core.canaries import Canary, RandomnessSpace, insert_canaries, make_canaries
+from .core.data import CORPORA, DataError, corpus_path, load_corpus, verify_data
+from .core.evaluation import compute_loss, compute_perplexity, tokenize_lines
+from .core.models import ModelConfig, count_parameters, load_pretrained, make_model
 from .core.plotting import (
-    plot_candidate_distribution,
-    plot_exact_vs_estimate,
-    plot_exposure_trajectory,
-    plot_exposure_vs_insertions,
-    plot_tradeoff,
-    plot_training_curve,
-    use_style,
+    plot_candidate_distribution, plot_exact_vs_estimate, plot_exposure_trajectory, plot_exposure_vs_insertions,
+    plot_tradeoff, plot_training_curve, use_style,
 )
-from .core.profiles import (
-    BANDS,
-    PROFILES,
-    model_scale,
-    resolve_device,
-    resolve_profile,
-)
-from .core.tokenization import (
-    make_byte_tokenizer,
-    train_bpe_tokenizer,
-)
-from .core.training import (
-    TrainConfig,
-    TrainHistory,
-    train_language_model,
-)
-from .course.notebook import (
-    setup_notebook,
-)
-from .curvature.fisher import (
-    BlockFisher,
-    DenseFisher,
-    DiagonalFisher,
-    WoodburyFisher,
-    make_fisher,
-)
+from .core.profiles import BANDS, PROFILES, model_scale, resolve_device, resolve_profile
+from .core.tokenization import make_byte_tokenizer, train_bpe_tokenizer
+from .core.training import TrainConfig, TrainHistory, train_language_model
+from .course.notebook import setup_notebook
+from .curvature.fisher import BlockFisher, DenseFisher, DiagonalFisher, WoodburyFisher, make_fisher
 from .curvature.ground_truth import (
-    cosine,
-    curvature_matrices,
-    empirical_fisher,
-    exact_hessian,
-    gauss_newton,
-    loss_gradient,
-    newton_fisher_cosine,
-    preconditioned_descent,
-    spectrum,
-    true_fisher,
+    cosine, curvature_matrices, empirical_fisher, exact_hessian, gauss_newton, loss_gradient,
+    newton_fisher_cosine, preconditioned_descent, spectrum, true_fisher,
 )
-from .curvature.kfac import (
-    KFACFisher,
-    structure_costs,
-)
-from .curvature.memory import (
-    MemoryBudgetError,
-)
+from .curvature.kfac import KFACFisher, structure_costs
+from .curvature.memory import MemoryBudgetError
 from .curvature.newton import (
-    ConvexProblem,
-    MLPProblem,
-    NewtonConfig,
-    certified_noise_std,
-    fit,
-    ihvp_cg,
-    ihvp_exact,
-    ihvp_lissa,
-    influence_on_loss,
-    make_corpus_classification,
-    newton_removal,
-    newton_step,
-    perturb,
-    retrain_without,
+    ConvexProblem, MLPProblem, NewtonConfig, certified_noise_std, fit, ihvp_cg, ihvp_exact, ihvp_lissa,
+    influence_on_loss, make_corpus_classification, newton_removal, newton_step, perturb, retrain_without,
     solve_damped,
 )
-from .curvature.outputs import (
-    classifier_outputs,
-    lm_outputs,
-    make_lm_batch,
-    regression_outputs,
-    sample_losses,
-)
-from .curvature.per_sample import (
-    ParameterSpace,
-    gradient_matrix,
-    per_sample_gradients,
-    select_parameters,
-)
-from .curvature.studies import (
-    damping_study,
-    newton_removal_study,
-    structure_costs_markdown,
-    time_per_sample_gradients,
-)
-from .experiments.benchmark import (
-    BenchmarkConfig,
-    benchmark_markdown,
-    cells_cached,
-    plot_benchmark,
-    run_benchmark,
-)
+from .curvature.outputs import classifier_outputs, lm_outputs, make_lm_batch, regression_outputs, sample_losses
+from .curvature.per_sample import ParameterSpace, gradient_matrix, per_sample_gradients, select_parameters
+from .curvature.studies import damping_study, newton_removal_study, structure_costs_markdown, time_per_sample_gradients
+from .experiments.benchmark import BenchmarkConfig, benchmark_markdown, cells_cached, plot_benchmark, run_benchmark
 from .experiments.case_studies import (
-    case_study_experiment,
-    case_study_markdown,
-    evaluate_pii,
-    pii_verdicts,
-    plot_case_study,
+    case_study_experiment, case_study_markdown, evaluate_pii, pii_verdicts, plot_case_study,
     train_case_study_model,
 )
-from .experiments.case_study_data import (
-    CaseStudyConfig,
-    build_case_study,
-)
+from .experiments.case_study_data import CaseStudyConfig, build_case_study
 from .experiments.comparisons import (
-    baseline_comparison,
-    benchmark_claims,
-    forgetting_gentler,
-    other_canary_shift,
-    sweep_markdown,
+    baseline_comparison, benchmark_claims, forgetting_gentler, other_canary_shift, sweep_markdown,
     unlearning_table,
 )
 from .experiments.dp_comparison import (
-    DPComparisonConfig,
-    dp_comparison,
-    dp_markdown,
-    dp_study,
-    dp_study_cached,
-    dp_versus_unlearning,
-    plot_dp_vs_unlearning,
-    train_dp_model,
+    DPComparisonConfig, dp_comparison, dp_markdown, dp_study, dp_study_cached, dp_versus_unlearning,
+    plot_dp_vs_unlearning, train_dp_model,
 )
-from .experiments.full_profile import (
-    FullProfileError,
-    FullProfilePlan,
-    resolve_full_profile,
-)
+from .experiments.full_profile import FullProfileError, FullProfilePlan, resolve_full_profile
 from .experiments.memorization import (
-    MemorizationConfig,
-    MemorizationResult,
-    prepare_memorization,
-    run_memorization,
-    train_memorization_model,
+    MemorizationConfig, MemorizationResult, prepare_memorization, run_memorization, train_memorization_model,
     train_retrained_model,
 )
 from .experiments.recommendations import (
-    plot_relearning,
-    plot_sensitivity,
-    plot_sequential,
-    recommendations,
-    recommendations_markdown,
-    relearning_markdown,
-    sequential_markdown,
+    plot_relearning, plot_sensitivity, plot_sequential, recommendations, recommendations_markdown,
+    relearning_markdown, sequential_markdown,
 )
 from .experiments.robustness import (
-    RelearningConfig,
-    RobustnessConfig,
-    relearning_attack,
-    relearning_study,
-    relearning_texts,
-    seed_variation,
-    sensitivity_study,
-    sequential_study,
-    sequential_summary,
+    RelearningConfig, RobustnessConfig, relearning_attack, relearning_study, relearning_texts, seed_variation,
+    sensitivity_study, sequential_study, sequential_summary,
 )
 from .experiments.sweeps import (
-    UnlearningSetup,
-    baseline_sweep,
-    choose_setting,
-    forgetting_sweep,
-    reference_points,
-    removal_sweep,
-    sweep_unlearning,
-    unlearning_setup,
+    UnlearningSetup, baseline_sweep, choose_setting, forgetting_sweep, reference_points, removal_sweep,
+    sweep_unlearning, unlearning_setup,
 )
 from .privacy.dp import (
-    DPConfig,
-    epsilon_spent,
-    group_privacy,
-    noise_multiplier_for,
-    train_dp_language_model,
-    window_dataset,
+    DPConfig, epsilon_spent, group_privacy, noise_multiplier_for, train_dp_language_model, window_dataset,
 )
 from .privacy.exposure import (
-    ExposureEstimate,
-    ExposureResult,
-    canary_texts,
-    canary_trie,
-    compute_exposure,
-    estimate_exposure,
-    exposure_from_scores,
-    score_candidates_bruteforce,
-    score_trie,
+    ExposureEstimate, ExposureResult, canary_texts, canary_trie, compute_exposure, estimate_exposure,
+    exposure_from_scores, score_candidates_bruteforce, score_trie,
 )
-from .privacy.mia import (
-    attack_scores,
-    generate_continuations,
-    membership_inference,
-    roc_auc,
-    roc_curve,
-    tpr_at_fpr,
-)
-from .unlearning.api import (
-    METHODS,
-    unlearn,
-)
-from .unlearning.base import (
-    UnlearningError,
-    UnlearningReport,
-    canary_forget_items,
-)
-from .unlearning.baselines import (
-    FineTuneConfig,
-    GradientAscentConfig,
-    GradientDifferenceConfig,
-    NPOConfig,
-)
-from .unlearning.distributed import (
-    world_info,
-)
-from .unlearning.distributed_fisher import (
-    DistributedFisher,
-)
-from .unlearning.evaluation import (
-    evaluate_unlearning,
-)
-from .unlearning.fisher_methods import (
-    FisherForgettingConfig,
-    FisherRemovalConfig,
-)
+from .privacy.mia import attack_scores, generate_continuations, membership_inference, roc_auc, roc_curve, tpr_at_fpr
+from .unlearning.api import METHODS, unlearn
+from .unlearning.base import UnlearningError, UnlearningReport, canary_forget_items
+from .unlearning.baselines import FineTuneConfig, GradientAscentConfig, GradientDifferenceConfig, NPOConfig
+from .unlearning.distributed import world_info
+from .unlearning.distributed_fisher import DistributedFisher
+from .unlearning.evaluation import evaluate_unlearning
+from .unlearning.fisher_methods import FisherForgettingConfig, FisherRemovalConfig
 
 __all__ = [
-    "__version__",
-    "attack_scores",
-    "BANDS",
-    "baseline_comparison",
-    "baseline_sweep",
-    "benchmark_claims",
-    "benchmark_markdown",
-    "BenchmarkConfig",
-    "BlockFisher",
-    "build_case_study",
-    "Canary",
-    "canary_forget_items",
-    "canary_texts",
-    "canary_trie",
-    "case_study_experiment",
-    "case_study_markdown",
-    "CaseStudyConfig",
-    "cells_cached",
-    "certified_noise_std",
-    "CheckpointMismatchError",
-    "choose_setting",
-    "classifier_outputs",
-    "compute_exposure",
-    "compute_loss",
-    "compute_perplexity",
-    "ConvexProblem",
-    "CORPORA",
-    "corpus_path",
-    "cosine",
-    "count_parameters",
-    "curvature_matrices",
-    "damping_study",
-    "DataError",
-    "DenseFisher",
-    "DiagonalFisher",
-    "DistributedFisher",
-    "dp_comparison",
-    "dp_markdown",
-    "dp_study",
-    "dp_study_cached",
-    "dp_versus_unlearning",
-    "DPComparisonConfig",
-    "DPConfig",
-    "empirical_fisher",
-    "epsilon_spent",
-    "estimate_exposure",
-    "evaluate_pii",
-    "evaluate_unlearning",
-    "exact_hessian",
-    "exposure_from_scores",
-    "ExposureEstimate",
-    "ExposureResult",
-    "FineTuneConfig",
-    "FisherForgettingConfig",
-    "FisherRemovalConfig",
-    "fit",
-    "forgetting_gentler",
-    "forgetting_sweep",
-    "FullProfileError",
-    "FullProfilePlan",
-    "gauss_newton",
-    "generate_continuations",
-    "gradient_matrix",
-    "GradientAscentConfig",
-    "GradientDifferenceConfig",
-    "group_privacy",
-    "ihvp_cg",
-    "ihvp_exact",
-    "ihvp_lissa",
-    "influence_on_loss",
-    "insert_canaries",
-    "KFACFisher",
-    "lm_outputs",
-    "load_corpus",
-    "load_pretrained",
-    "loss_gradient",
-    "make_byte_tokenizer",
-    "make_canaries",
-    "make_corpus_classification",
-    "make_fisher",
-    "make_lm_batch",
-    "make_model",
-    "membership_inference",
-    "MemorizationConfig",
-    "MemorizationResult",
-    "MemoryBudgetError",
-    "METHODS",
-    "MLPProblem",
-    "model_scale",
-    "ModelConfig",
-    "newton_fisher_cosine",
-    "newton_removal",
-    "newton_removal_study",
-    "newton_step",
-    "NewtonConfig",
-    "noise_multiplier_for",
-    "NPOConfig",
-    "other_canary_shift",
-    "ParameterSpace",
-    "per_sample_gradients",
-    "perturb",
-    "pii_verdicts",
-    "plot_benchmark",
-    "plot_candidate_distribution",
-    "plot_case_study",
-    "plot_dp_vs_unlearning",
-    "plot_exact_vs_estimate",
-    "plot_exposure_trajectory",
-    "plot_exposure_vs_insertions",
-    "plot_relearning",
-    "plot_sensitivity",
-    "plot_sequential",
-    "plot_tradeoff",
-    "plot_training_curve",
-    "preconditioned_descent",
-    "prepare_memorization",
-    "PROFILES",
-    "RandomnessSpace",
-    "recommendations",
-    "recommendations_markdown",
-    "reference_points",
-    "regression_outputs",
-    "relearning_attack",
-    "relearning_markdown",
-    "relearning_study",
-    "relearning_texts",
-    "RelearningConfig",
-    "removal_sweep",
-    "resolve_device",
-    "resolve_full_profile",
-    "resolve_profile",
-    "retrain_without",
-    "RobustnessConfig",
-    "roc_auc",
-    "roc_curve",
-    "run_benchmark",
-    "run_memorization",
-    "sample_losses",
-    "score_candidates_bruteforce",
-    "score_trie",
-    "seed_variation",
-    "select_parameters",
-    "sensitivity_study",
-    "sequential_markdown",
-    "sequential_study",
-    "sequential_summary",
-    "setup_notebook",
-    "solve_damped",
-    "spectrum",
-    "structure_costs",
-    "structure_costs_markdown",
-    "sweep_markdown",
-    "sweep_unlearning",
-    "time_per_sample_gradients",
-    "tokenize_lines",
-    "tpr_at_fpr",
-    "train_bpe_tokenizer",
-    "train_case_study_model",
-    "train_dp_language_model",
-    "train_dp_model",
-    "train_language_model",
-    "train_memorization_model",
-    "train_retrained_model",
-    "TrainConfig",
-    "TrainHistory",
-    "true_fisher",
-    "unlearn",
-    "unlearning_setup",
-    "unlearning_table",
-    "UnlearningError",
-    "UnlearningReport",
-    "UnlearningSetup",
-    "use_style",
-    "verify_data",
-    "window_dataset",
-    "WoodburyFisher",
-    "world_info",
+    "__version__", "attack_scores", "BANDS", "baseline_comparison", "baseline_sweep", "benchmark_claims",
+    "benchmark_markdown", "BenchmarkConfig", "BlockFisher", "build_case_study", "Canary", "canary_forget_items",
+    "canary_texts", "canary_trie", "case_study_experiment", "case_study_markdown", "CaseStudyConfig",
+    "cells_cached", "certified_noise_std", "CheckpointMismatchError", "choose_setting", "classifier_outputs",
+    "compute_exposure", "compute_loss", "compute_perplexity", "ConvexProblem", "CORPORA", "corpus_path", "cosine",
+    "count_parameters", "curvature_matrices", "damping_study", "DataError", "DenseFisher", "DiagonalFisher",
+    "DistributedFisher", "dp_comparison", "dp_markdown", "dp_study", "dp_study_cached", "dp_versus_unlearning",
+    "DPComparisonConfig", "DPConfig", "empirical_fisher", "epsilon_spent", "estimate_exposure", "evaluate_pii",
+    "evaluate_unlearning", "exact_hessian", "exposure_from_scores", "ExposureEstimate", "ExposureResult",
+    "FineTuneConfig", "FisherForgettingConfig", "FisherRemovalConfig", "fit", "forgetting_gentler",
+    "forgetting_sweep", "FullProfileError", "FullProfilePlan", "gauss_newton", "generate_continuations",
+    "gradient_matrix", "GradientAscentConfig", "GradientDifferenceConfig", "group_privacy", "ihvp_cg", "ihvp_exact",
+    "ihvp_lissa", "influence_on_loss", "insert_canaries", "KFACFisher", "lm_outputs", "load_corpus",
+    "load_pretrained", "loss_gradient", "make_byte_tokenizer", "make_canaries", "make_corpus_classification",
+    "make_fisher", "make_lm_batch", "make_model", "membership_inference", "MemorizationConfig",
+    "MemorizationResult", "MemoryBudgetError", "METHODS", "MLPProblem", "model_scale", "ModelConfig",
+    "newton_fisher_cosine", "newton_removal", "newton_removal_study", "newton_step", "NewtonConfig",
+    "noise_multiplier_for", "NPOConfig", "other_canary_shift", "ParameterSpace", "per_sample_gradients", "perturb",
+    "pii_verdicts", "plot_benchmark", "plot_candidate_distribution", "plot_case_study", "plot_dp_vs_unlearning",
+    "plot_exact_vs_estimate", "plot_exposure_trajectory", "plot_exposure_vs_insertions", "plot_relearning",
+    "plot_sensitivity", "plot_sequential", "plot_tradeoff", "plot_training_curve", "preconditioned_descent",
+    "prepare_memorization", "PROFILES", "RandomnessSpace", "recommendations", "recommendations_markdown",
+    "reference_points", "regression_outputs", "relearning_attack", "relearning_markdown", "relearning_study",
+    "relearning_texts", "RelearningConfig", "removal_sweep", "resolve_device", "resolve_full_profile",
+    "resolve_profile", "retrain_without", "RobustnessConfig", "roc_auc", "roc_curve", "run_benchmark",
+    "run_memorization", "sample_losses", "score_candidates_bruteforce", "score_trie", "seed_variation",
+    "select_parameters", "sensitivity_study", "sequential_markdown", "sequential_study", "sequential_summary",
+    "setup_notebook", "solve_damped", "spectrum", "structure_costs", "structure_costs_markdown", "sweep_markdown",
+    "sweep_unlearning", "time_per_sample_gradients", "tokenize_lines", "tpr_at_fpr", "train_bpe_tokenizer",
+    "train_case_study_model", "train_dp_language_model", "train_dp_model", "train_language_model",
+    "train_memorization_model", "train_retrained_model", "TrainConfig", "TrainHistory", "true_fisher", "unlearn",
+    "unlearning_setup", "unlearning_table", "UnlearningError", "UnlearningReport", "UnlearningSetup", "use_style",
+    "verify_data", "window_dataset", "WoodburyFisher", "world_info",
 ]

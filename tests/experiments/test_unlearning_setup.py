@@ -1,9 +1,12 @@
 """Notebook 04's request through :func:`unlearning_setup`: the watched canaries, the oracle and
 whether each model came from the cache (what the notebook prints)."""
+import pytest
+
 from tutorial_lib.experiments.memorization import MemorizationConfig
 from tutorial_lib.experiments.sweeps import unlearning_setup
 
 
+@pytest.mark.slow  # trains the tiny run and its oracle unless an earlier test of the session did
 def test_unlearning_setup_reports_the_cache_and_the_watched_canaries(tiny_cache, monkeypatch):
     monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
     cfg = MemorizationConfig.for_profile("tiny")

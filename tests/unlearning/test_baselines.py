@@ -55,9 +55,10 @@ def test_registered_with_documented_defaults():
     assert METHODS["gradient_difference"].needs_retain and METHODS["fine_tune"].needs_retain
     for cls in CONFIGS.values():
         tiny, small, full = cls.for_profile("tiny"), cls.for_profile("small", steps=3), cls.for_profile("full")
-        assert (tiny.lr, tiny.steps, tiny.optimizer) == (*cls.PROFILE_DEFAULTS["tiny"], "adam") and tiny.repeats == tiny.steps
-        assert (small.lr, small.steps, small.repeats, small.batch_size, small.max_update_norm) == (cls.PROFILE_DEFAULTS["small"][0], 3, 3, 8, 100.0)
-        assert (full.lr, full.steps) == cls.PROFILE_DEFAULTS["small"]  # full reuses small's values
+        table = cls.PROFILE_DEFAULTS
+        assert (tiny.lr, tiny.steps, tiny.optimizer) == (table["tiny"]["lr"], table["tiny"]["steps"], "adam") and tiny.repeats == tiny.steps
+        assert (small.lr, small.steps, small.repeats, small.batch_size, small.max_update_norm) == (table["small"]["lr"], 3, 3, 8, 100.0)
+        assert (full.lr, full.steps) == (table["small"]["lr"], table["small"]["steps"])  # full reuses small's values
     assert (NPOConfig().beta, NPOConfig().retain_weight) == (0.1, 0.0)
     assert (GradientDifferenceConfig().forget_weight, GradientDifferenceConfig().retain_weight) == (1.0, 1.0)
     assert FineTuneConfig(params="transformer.ln_f").params == ("transformer.ln_f",)

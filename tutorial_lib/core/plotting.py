@@ -101,7 +101,7 @@ def plot_training_curve(history: dict, ax=None, smooth: int = 25):
 
 def plot_candidate_distribution(scores_bits, secret_index: int, estimate=None, ax=None, bins: int = 120):
     """Histogram of every candidate's log-perplexity, the true secret marked, and (given an
-    :class:`~tutorial_lib.exposure.ExposureEstimate`) the fitted skew-normal density.
+    :class:`~tutorial_lib.privacy.exposure.ExposureEstimate`) the fitted skew-normal density.
     Notebook 03, "Estimating exposure"."""
     from scipy import stats
 
@@ -127,7 +127,7 @@ def plot_tradeoff(sweep: dict, ax=None, group: str | None = None, max_ppl_increa
                   label: str | None = None, color: str | None = None, references: bool = True, annotate: bool = True,
                   marker: str = "o-"):
     """Exposure of the forgotten canary against validation perplexity for every point of a sweep
-    (:func:`~tutorial_lib.studies.removal_sweep` and friends): one line per value of ``group`` (a
+    (:func:`~tutorial_lib.experiments.sweeps.removal_sweep` and friends): one line per value of ``group`` (a
     swept field), the other fields annotated; the original (square), the retrained oracle (star), the
     perplexity budget (dotted; by default :data:`~tutorial_lib.core.profiles.BANDS`) and the sweep's
     pick (ringed); ``references=False`` draws the points only (for a second sweep on the same axes).

@@ -45,7 +45,7 @@ Each command prints where it wrote and how long it took. Neither ``student`` nor
     to their pages.
 
 ``warm``
-    ``python -m tutorial_lib.warm_cache``: trains and computes everything the notebooks read from the
+    ``python -m tutorial_lib.course.warm_cache``: trains and computes everything the notebooks read from the
     cache, so that a lecture starts instantly.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The reproduction command: run the course's experiments at a profile and write ``results/``
 (markdown tables, a JSON of every number with its config and library versions, PNG figures).
 
-    python -m tutorial_lib.reproduce --profile small --out results
+    python -m tutorial_lib.course.reproduce --profile small --out results
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def write_memorization(result, out: Path) -> list[Path]:
     numbers = {k: v for k, v in result.to_dict().items() if k not in ("exposure_seconds", "from_cache")}
     for key in ("exposures", "estimates"):
         numbers[key] = [{k: v for k, v in row.items() if k != "seconds"} for row in numbers[key]]
-    js.write_text(json.dumps({"versions": library_versions(), **numbers}, indent=1))
+    _write_json(js, numbers)
     use_style()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     plot_exposure_vs_insertions(result, axes[0]).set_title("exposure against insertions")
@@ -116,7 +116,7 @@ def write_unlearning(data: dict, out: Path) -> list[Path]:
     md = out / "unlearning_methods.md"
     md.write_text("\n".join(lines) + "\n")
     js = out / "unlearning_methods.json"
-    js.write_text(json.dumps({"versions": library_versions(), **data}, indent=1, default=str))
+    _write_json(js, data)
     return [md, js]
 
 
@@ -133,7 +133,7 @@ def write_benchmark(result: dict, out: Path) -> list[Path]:
     js = out / "benchmark.json"
     # every number but the run's own wall time (cells are cached: a second run reads the same numbers)
     numbers = {k: v for k, v in result.items() if k != "seconds"}
-    js.write_text(json.dumps({"versions": library_versions(), **numbers}, indent=1, default=str))
+    _write_json(js, numbers)
     use_style()
     return [md, js, _save_figure(plot_benchmark(result)[0].figure, out / "benchmark.png")]
 
@@ -160,7 +160,7 @@ def write_dp(comparison: dict, out: Path) -> list[Path]:
     md = out / "dp_sgd.md"
     md.write_text("\n".join(parts))
     js = out / "dp_sgd.json"
-    js.write_text(json.dumps({"versions": library_versions(), **comparison}, indent=1, default=str))
+    _write_json(js, comparison)
     use_style()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for ax, (title, study, unlearning) in zip(axes[0], panels):
@@ -181,18 +181,31 @@ def write_case_studies(result: dict, cfg: dict, out: Path) -> list[Path]:
                   f"{cfg['secret_length']}-digit secrets; every method at its {cfg['profile']} default against the model "
                   f"retrained without the requests' data.\n\n" + case_study_markdown(result))
     js = out / "case_studies.json"
-    js.write_text(json.dumps({"versions": library_versions(), "config": cfg, **result}, indent=1, default=str))
+    _write_json(js, {"config": cfg, **result})
     use_style()
     return [md, js, _save_figure(plot_case_study(result)[0].figure, out / "case_studies.png")]
 
 
+def _is_wall_time(key: str) -> bool:
+    return key == "seconds" or key.endswith("_seconds") or key == "fraction_of_retraining"
+
+
 def _without_wall_times(value):
-    """``value`` with every ``"seconds"`` entry removed (wall times vary between runs; the JSON must not)."""
+    """``value`` without wall times (``seconds``, ``*_seconds``) and the ratios made of them
+    (``fraction_of_retraining``): they vary between runs and machines, the JSON must not. They stay
+    in the markdown tables."""
     if isinstance(value, dict):
-        return {k: _without_wall_times(v) for k, v in value.items() if k != "seconds"}
+        return {k: _without_wall_times(v) for k, v in value.items() if not _is_wall_time(k)}
     if isinstance(value, list):
         return [_without_wall_times(v) for v in value]
     return value
+
+
+def _write_json(path: Path, data: dict) -> Path:
+    """Write ``data`` without wall times, with the library versions, so that two runs with the same
+    seed write byte-identical files."""
+    path.write_text(json.dumps({"versions": library_versions(), **_without_wall_times(data)}, indent=1, default=str))
+    return path
 
 
 def robustness_experiment(profile: str, seed: int = 0, device=None) -> dict:
@@ -224,7 +237,7 @@ def write_robustness(result: dict, out: Path) -> list[Path]:
                   + sequential_markdown(result["sequential"]) + "\n\n## Recommendations\n\n"
                   + recommendations_markdown(result["recommendations"]) + "\n")
     js = out / "robustness.json"
-    js.write_text(json.dumps({"versions": library_versions(), **_without_wall_times(result)}, indent=1, default=str))
+    _write_json(js, result)
     use_style()
     fig, axes = plt.subplots(2, 3, figsize=(17, 8))
     plot_relearning(result["relearning"], axes[0, 0])

@@ -2,7 +2,7 @@
 studies, so that no notebook cell has to train a model or run a sweep (``scripts/test.sh`` runs
 this before the notebooks; an instructor runs it before a lecture):
 
-    python -m tutorial_lib.warm_cache --profile small
+    python -m tutorial_lib.course.warm_cache --profile small
 
 The models: notebook 03's memorisation run, notebook 04's retrained oracle (without the most-inserted
 canary) and the sequential-requests run of notebooks 05 and 10 (four canaries per insertion count,

@@ -1,7 +1,7 @@
 """Ground-truth curvature on small models: exact Hessian, Gauss–Newton (GGN), true Fisher and
 empirical Fisher, as dense d×d matrices over a small parameter subset (float64 recommended).
 
-For the per-example cross-entropy losses of :mod:`tutorial_lib.per_sample` and the objective
+For the per-example cross-entropy losses of :mod:`tutorial_lib.curvature.per_sample` and the objective
 L(θ) = (1/m) Σ_i ℓ_i(θ):
 
 - Hessian H = ∇²L.

@@ -55,7 +55,7 @@ class KFACFisher(Fisher):
 
     @classmethod
     def from_model(cls, model, batches, params=None, damping: float = 1e-3, outputs_fn=None, max_bytes: int | None = None) -> "KFACFisher":
-        """Accumulate the factors over ``batches`` (each as for :func:`~tutorial_lib.per_sample.per_sample_gradients`)."""
+        """Accumulate the factors over ``batches`` (each as for :func:`~tutorial_lib.curvature.per_sample.per_sample_gradients`)."""
 
         outputs_fn = outputs_fn or lm_outputs
         damping = check_damping(damping)

@@ -45,7 +45,7 @@ COLOURS = {"original": "black", "retrained": "green", "fisher_removal": "C0", "f
 @dataclass(frozen=True)
 class BenchmarkConfig:
     """Which corpora, seeds and methods; ``run_profile`` is the profile of each run's
-    :class:`~tutorial_lib.memorization.MemorizationConfig` and of the methods' defaults;
+    :class:`~tutorial_lib.experiments.memorization.MemorizationConfig` and of the methods' defaults;
     ``ga_sweep`` adds, for the first seed, gradient ascent over learning rate × steps (claim C2)."""
 
     profile: str = "small"

@@ -27,7 +27,7 @@ COLUMNS = {"exposure": ("exposure", ".2f"), "val_perplexity": ("val ppl", ".3f")
 
 
 def unlearning_table(results: dict[str, dict], watch: list[str]) -> str:
-    """One markdown row per model of ``results`` (name -> :func:`~tutorial_lib.unlearning.evaluate_unlearning`
+    """One markdown row per model of ``results`` (name -> :func:`~tutorial_lib.unlearning.evaluation.evaluate_unlearning`
     dict against the oracle): the exposure of each watched canary, validation and retain perplexity,
     forget loss and KL to the oracle. Notebook 04."""
     rows = ["| model | " + " | ".join(f"exposure {n}" for n in watch) + " | val ppl | retain ppl | forget loss | KL to oracle |",

@@ -2,7 +2,7 @@
 per-example clipping, Poisson sampling, Gaussian noise and the RDP accountant.
 
 Training with differential privacy from the start is the alternative to unlearning afterwards. A run
-is defined by the memorisation run it replaces (:class:`~tutorial_lib.memorization.MemorizationConfig`:
+is defined by the memorisation run it replaces (:class:`~tutorial_lib.experiments.memorization.MemorizationConfig`:
 corpus, canaries, model, optimiser, steps) plus a :class:`DPConfig` (target ε, δ, clipping bound).
 The training text is cut into non-overlapping windows of ``block_size + 1`` tokens, the *examples*
 that ε and δ are about; each step takes every window with probability q = batch_size / n (Poisson

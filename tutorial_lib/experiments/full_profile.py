@@ -6,9 +6,9 @@ explains the profiles.
 and returns a :class:`FullProfilePlan`: the model, the device, the precision of each part of the
 work, the parameter subset the Fisher is built over (all parameters when their Fisher fits the
 memory budget, otherwise the MLPs of the last blocks) and the experiment configs, built from the
-``full`` defaults of :class:`~tutorial_lib.memorization.MemorizationConfig`,
-:class:`~tutorial_lib.unlearning.FisherRemovalConfig` and
-:class:`~tutorial_lib.unlearning.FisherForgettingConfig`. When the profile cannot run here (no GPU,
+``full`` defaults of :class:`~tutorial_lib.experiments.memorization.MemorizationConfig`,
+:class:`~tutorial_lib.unlearning.fisher_methods.FisherRemovalConfig` and
+:class:`~tutorial_lib.unlearning.fisher_methods.FisherForgettingConfig`. When the profile cannot run here (no GPU,
 no model folder, a folder without weights or tokenizer, a budget too small for any Fisher) it raises
 :class:`FullProfileError` whose message names the problem and the fix; bad argument values raise
 ``ValueError`` naming the value.
@@ -21,9 +21,9 @@ run in float32, outside autocast. The reason is the size of the step: Fisher Rem
 number is only resolved to 2⁻⁸ ≈ 0.4 % of its value, so most of a small Newton step added to
 bfloat16 weights would round away. float16 is not offered: the training loop has no loss scaling.
 
-    python -m tutorial_lib.full_profile [--model-path P] [--device D] [--dtype auto|bfloat16|float32]
+    python -m tutorial_lib.experiments.full_profile [--model-path P] [--device D] [--dtype auto|bfloat16|float32]
                                         [--structure S] [--fisher-params A,B] [--memory-gib G] [--check]
-    python -m tutorial_lib.full_profile --save-random-model DIR
+    python -m tutorial_lib.experiments.full_profile --save-random-model DIR
 
 prints the plan (exit 0), or the reason the profile cannot run here (exit 2, no traceback).
 ``--check`` also loads the weights and runs one training-shaped forward and backward pass and one
@@ -93,7 +93,7 @@ class FullProfilePlan:
     ``compute_dtype`` is the autocast dtype of training and evaluation forward passes ("bfloat16"
     or "float32"); ``fisher_dtype`` (always "float32") that of the weights, the per-sample gradients,
     the Fisher and the Newton solve. ``fisher_params`` are the subset patterns given to
-    :func:`~tutorial_lib.per_sample.select_parameters` (``None``: every parameter),
+    :func:`~tutorial_lib.curvature.per_sample.select_parameters` (``None``: every parameter),
     ``fisher_tensors`` the parameter tensors they select and ``fisher_dim`` their size.
     ``fisher_memory_bytes`` is :func:`estimate_fisher_memory` for that subset, ``full_fisher_memory_bytes``
     the same for every parameter, ``memory_budget_bytes`` what the Fisher may use. Notebook 10."""
@@ -125,7 +125,7 @@ class FullProfilePlan:
 
     def autocast(self):
         """The context for training and evaluation: ``torch.autocast`` in bfloat16 when
-        ``compute_dtype`` is bfloat16, else a no-op. Call :func:`~tutorial_lib.unlearning.unlearn`
+        ``compute_dtype`` is bfloat16, else a no-op. Call :func:`~tutorial_lib.unlearning.api.unlearn`
         *outside* it: the Fisher and the Newton solve stay in float32."""
         import torch
 
@@ -181,7 +181,7 @@ def resolve_full_profile(model_path=None, device=None, dtype=None, fisher_params
     for checking them. ``dtype``: "auto" (default: bfloat16 autocast for training and evaluation on a
     GPU that supports it, else float32), "bfloat16" or "float32"; the Fisher and the Newton solve are
     float32 regardless. ``fisher_params``: None (choose: every parameter if the Fisher fits, else the MLPs
-    of the last blocks), "all", or names for :func:`~tutorial_lib.per_sample.select_parameters`.
+    of the last blocks), "all", or names for :func:`~tutorial_lib.curvature.per_sample.select_parameters`.
     ``memory_bytes``: the Fisher's budget (default: 80 % of the device's free memory less three
     float32 copies of the model). ``structure``: kfac (default), woodbury or diagonal.
 
@@ -343,9 +343,9 @@ def save_random_model(folder, n_layer: int = 12, n_embd: int = 768, n_head: int 
 
 # ----------------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tutorial_lib.full_profile``: print the plan (0), the reason it cannot run (2), or
+    """``python -m tutorial_lib.experiments.full_profile``: print the plan (0), the reason it cannot run (2), or
     with ``--check`` also the check's numbers (1 if anything is not finite)."""
-    parser = argparse.ArgumentParser(prog="python -m tutorial_lib.full_profile", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tutorial_lib.experiments.full_profile", description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", default=None, help=f"model folder (default: ${MODEL_PATH_ENV})")
     parser.add_argument("--device", default=None, help="cuda (default), cuda:N, or cpu (slow, for checking the configs)")
     parser.add_argument("--dtype", default=None, help="auto (default), bfloat16 or float32: training and evaluation precision")

@@ -45,7 +45,7 @@ class FullProfileError(RuntimeError):
 # ----------------------------------------------------------------------------------- memory
 def estimate_fisher_memory(structure: str, dim: int, m: int, layers=(), element_size: int = 4) -> int:
     """Bytes one Fisher Removal step holds beyond the model: the structure itself
-    (:func:`~tutorial_lib.fisher.estimate_memory`), the m × d per-sample gradient matrix it is built
+    (:func:`~tutorial_lib.curvature.memory.estimate_memory`), the m × d per-sample gradient matrix it is built
     from (every structure but ``kfac``, which accumulates its factors batch by batch), and three
     d-vectors (the forget gradient Δ, the update and the weights before it). ``layers`` lists the
     (out, in) shapes of the K-FAC layers. Activations are not counted. Notebook 10, "Memory"."""
@@ -60,7 +60,7 @@ def estimate_fisher_memory(structure: str, dim: int, m: int, layers=(), element_
 
 def kfac_layer_shapes(model, space) -> list[tuple[int, int]]:
     """(out, in) of every layer K-FAC gives Kronecker factors for (a ``Linear``/``Conv1D`` weight in
-    ``space`` not shared with another module), as :meth:`~tutorial_lib.fisher.KFACFisher.from_model`
+    ``space`` not shared with another module), as :meth:`~tutorial_lib.curvature.kfac.KFACFisher.from_model`
     decides; the rest of the subset gets a diagonal. Works on a model on the meta device."""
 
     owners = owning_modules(model, space)
@@ -126,7 +126,7 @@ class FisherSubset:
 
 def choose_fisher_subset(model, n_layer: int, structure: str, m: int, budget: int, fisher_params=None) -> FisherSubset:
     """The parameter subset the Fisher is built over: ``fisher_params`` if given ("all" or names for
-    :func:`~tutorial_lib.per_sample.select_parameters`), else every parameter when their Fisher fits
+    :func:`~tutorial_lib.curvature.per_sample.select_parameters`), else every parameter when their Fisher fits
     ``budget`` bytes (and every module holding one is supported, see :func:`unsupported_modules`),
     else the MLPs of the last k blocks for the largest k that fits. Returns
     ``(patterns or None, space, bytes needed, bytes for all parameters)``; raises

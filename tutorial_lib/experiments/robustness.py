@@ -12,11 +12,11 @@ recommendation table.
   the one just forgotten, those still due) and the validation perplexity.
 - **Sensitivity** (:func:`sensitivity_study`): each method's main hyperparameter scaled by a few
   factors around its default on one model, and the default on several training seeds (the
-  benchmark's cells, :func:`~tutorial_lib.benchmark.benchmark_cell`).
+  benchmark's cells, :func:`~tutorial_lib.experiments.benchmark.benchmark_cell`).
 
 Scale, as in notebooks 07–09: the ``small`` profile runs these on the ``tiny`` profile's models
 (4-digit secrets, so every exposure is exact over all 10⁴ candidates), ``full`` on the ``small``
-profile's models. Every study is cached (:func:`~tutorial_lib.cache.cached_result`).
+profile's models. Every study is cached (:func:`~tutorial_lib.core.cache.cached_result`).
 """
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ def sequential_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_cach
     :meth:`RobustnessConfig.sequential_run_config`; after every cycle the validation perplexity and
     the exact exposure of the canary just served and of the first one (of every canary before the
     first request and after the last). ``(result, from_cache)``; rows as in
-    :func:`~tutorial_lib.unlearning.repeated_unlearning`. Notebook 10, "Sequential requests"."""
+    :func:`~tutorial_lib.unlearning.api.repeated_unlearning`. Notebook 10, "Sequential requests"."""
     run_cfg = cfg.sequential_run_config()
 
     def compute():

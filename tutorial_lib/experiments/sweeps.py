@@ -1,9 +1,9 @@
 """The unlearning experiments of notebooks 04 and 05 as functions: one forgetting request set up
 against its retrained oracle, hyperparameter sweeps with the exposure–perplexity trade-off and the
-rule that picks a default from them (many requests in a row: :mod:`tutorial_lib.robustness`).
+rule that picks a default from them (many requests in a row: :mod:`tutorial_lib.experiments.robustness`).
 
-Sweeps are cached as JSON results (:func:`~tutorial_lib.cache.cached_result`),
-so that a lecture (or CI, after ``python -m tutorial_lib.warm_cache``) shows them at once.
+Sweeps are cached as JSON results (:func:`~tutorial_lib.core.cache.cached_result`),
+so that a lecture (or CI, after ``python -m tutorial_lib.course.warm_cache``) shows them at once.
 """
 from __future__ import annotations
 
@@ -68,12 +68,12 @@ class UnlearningSetup:
         return self.inserted.retain
 
     def unlearn(self, method: str, config=None, seed: int | None = None, forget=None, callback=None):
-        """:func:`~tutorial_lib.unlearning.unlearn` on this request: ``(new model, report)``."""
+        """:func:`~tutorial_lib.unlearning.api.unlearn` on this request: ``(new model, report)``."""
         return unlearn(self.model, self.tokenizer, self.forget if forget is None else forget, self.retain, method, config,
                        n_train=self.n_train, seed=self.seed if seed is None else seed, callback=callback)
 
     def evaluate(self, model, names=None, candidates: int | None = None, max_blocks: int = 64) -> dict:
-        """:func:`~tutorial_lib.unlearning.evaluate_unlearning` against the retrained oracle, exposure
+        """:func:`~tutorial_lib.unlearning.evaluation.evaluate_unlearning` against the retrained oracle, exposure
         of the canaries in ``names`` (default: the watched ones)."""
         return evaluate_unlearning(model, self.tokenizer, self.canaries, self.val_ids, self.retain_ids, self.forget,
                                    self.cfg.train.block_size, reference=self.retrained, names=self.watch if names is None else names,

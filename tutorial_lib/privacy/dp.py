@@ -263,7 +263,7 @@ def backward(loss: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------- training
 def train_dp_language_model(model, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig, dp: DPConfig, seed: int = 0,
                             device: str = "cpu", progress: bool = True) -> tuple[TrainHistory, dict]:
-    """Train ``model`` in place with DP-SGD (AdamW as in :func:`~tutorial_lib.training.train_language_model`,
+    """Train ``model`` in place with DP-SGD (AdamW as in :func:`~tutorial_lib.core.training.train_language_model`,
     same learning-rate schedule and number of steps; per-example clipping to ``dp.max_grad_norm``
     replaces batch clipping). Returns the history and the privacy record: n windows, sample rate,
     steps, σ, δ, the target and the spent ε (from the engine's accountant). Notebook 08."""

@@ -1,4 +1,4 @@
-"""First-order unlearning baselines, registered in :data:`tutorial_lib.unlearning.METHODS`.
+"""First-order unlearning baselines, registered in :data:`tutorial_lib.unlearning.api.METHODS`.
 
 These are the methods notebook 06 compares Fisher Removal and Fisher Forgetting against. Each runs
 ``steps`` optimiser steps (``torch.optim.Adam`` or ``SGD``) through the same
@@ -20,9 +20,9 @@ These are the methods notebook 06 compares Fisher Removal and Fisher Forgetting 
   set only sets k and is tracked in the diagnostics).
 
 L_f is the multiplicity-weighted mean over forget items of their mean target-token NLL (the
-``forget_loss`` of :func:`~tutorial_lib.unlearning.evaluate_unlearning`); L_r is the mean next-token
+``forget_loss`` of :func:`~tutorial_lib.unlearning.evaluation.evaluate_unlearning`); L_r is the mean next-token
 loss on ``batch_size`` random retain windows of ``block_size`` tokens, drawn afresh at every step
-from the step's seed (:func:`~tutorial_lib.unlearning.fisher_batches`). Gradient ascent and NPO
+from the step's seed (:func:`~tutorial_lib.unlearning.base.fisher_batches`). Gradient ascent and NPO
 need no retain set, but ``unlearn`` then needs ``n_train``. Notebook 06.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ class _FirstOrderConfig:
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides):
         """Adam at the (lr, steps) that notebook 06's sweep picks for this method and profile
-        (:func:`~tutorial_lib.studies.baseline_sweep` with :func:`~tutorial_lib.studies.choose_setting`:
+        (:func:`~tutorial_lib.experiments.sweeps.baseline_sweep` with :func:`~tutorial_lib.experiments.sweeps.choose_setting`:
         the cheapest setting in perplexity that brings the canary within
         :data:`~tutorial_lib.core.profiles.BANDS` ``.exposure_bits`` of the oracle): the profile's
         row of ``PROFILE_DEFAULTS``, then ``overrides``; ``full`` reuses ``small``'s values, unmeasured."""

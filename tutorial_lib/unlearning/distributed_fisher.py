@@ -13,12 +13,12 @@ local product plus one collective:
 - Δ = Σ_{x∈D_f} ∇ℓ(θ; x) with each rank holding a share of the forget items: one ``all_reduce``.
 
 Shards are contiguous and in rank order, so a gathered G has exactly the rows, in the order, that
-:func:`~tutorial_lib.per_sample.gradient_matrix` gives in one process. Without an initialised
+:func:`~tutorial_lib.curvature.per_sample.gradient_matrix` gives in one process. Without an initialised
 process group everything runs as a single process (world size 1) and equals the library's own
 classes. Any failure on one rank is shared with the others before the next collective, so a bad
 input raises on every rank instead of leaving the others waiting.
 
-Launch the self-check with ``torchrun --nproc_per_node 2 -m tutorial_lib.distributed`` (gloo on
+Launch the self-check with ``torchrun --nproc_per_node 2 -m tutorial_lib.unlearning.distributed_fisher`` (gloo on
 CPU, nccl on CUDA); :func:`run_distributed` starts such a group from Python (tests, notebooks).
 Notebook 10, "Scaling out".
 """
@@ -69,7 +69,7 @@ def distributed_gradient_matrix(model, batches, params=None, method: str = "hook
 
     Every rank passes the same list of batches and keeps its contiguous share of them (``shard``;
     with ``presharded`` the batches given are already this rank's own). The rows come from
-    :func:`~tutorial_lib.per_sample.gradient_matrix`. ``gather=True`` returns the full G on every
+    :func:`~tutorial_lib.curvature.per_sample.gradient_matrix`. ``gather=True`` returns the full G on every
     rank, ordered exactly as in a single process (small problems and checks only). A failure on
     any rank (memory budget, non-finite gradients) raises on every rank. Notebook 10, "Scaling out"."""
     rank, world = world_info(group)
@@ -97,7 +97,7 @@ class DistributedFisher(Fisher):
       is assembled once from blocks G_rG_sᵀ (each shard broadcast in turn, so a rank holds at most
       two shards) and factored on every rank; a product then costs two ``all_reduce`` calls (m
       numbers, then d). Use it while an m×m matrix fits on one device: a product is then as exact
-      as :class:`~tutorial_lib.fisher.WoodburyFisher`'s and needs no iterations. It also gives
+      as :class:`~tutorial_lib.curvature.fisher.WoodburyFisher`'s and needs no iterations. It also gives
       :meth:`power_product` (Fisher Forgetting's F̂_λ^p) through the Gram's eigendecomposition.
     - ``"cg"``: conjugate gradients on the distributed :meth:`matvec`, to relative residual ``rtol``
       (default 1e-10 in float64, 1e-4 otherwise). Nothing of size m×m exists anywhere, so it scales
@@ -273,7 +273,7 @@ class DistributedFisher(Fisher):
 # ----------------------------------------------------------------------------------- Fisher Removal
 def distributed_forget_gradient(model, data, space: ParameterSpace, group=None) -> torch.Tensor:
     """Δ = Σ_{x∈D_f} ∇ℓ(θ; x) with each rank computing its contiguous share of the (unique) forget
-    items and their multiplicities by :func:`~tutorial_lib.unlearning.forget_gradient`, summed by one
+    items and their multiplicities by :func:`~tutorial_lib.unlearning.fisher_methods.forget_gradient`, summed by one
     ``all_reduce``. A rank with no item (fewer unique items than ranks) contributes zero.
     Notebook 10, "Scaling out"."""
 
@@ -305,12 +305,12 @@ class NewtonStep:
 def distributed_newton_step(model, data, space: ParameterSpace, cfg, seed: int, solver: str = "woodbury",
                             rtol: float | None = None, group=None) -> NewtonStep:
     """Fisher Removal's direction on several ranks: (F, Δ, step) with step = η/(n−k) · F̂_λ⁻¹Δ, as
-    in a single process (:func:`~tutorial_lib.unlearning.build_fisher` and
-    :func:`~tutorial_lib.unlearning.forget_gradient`).
+    in a single process (:func:`~tutorial_lib.unlearning.fisher_methods.build_fisher` and
+    :func:`~tutorial_lib.unlearning.fisher_methods.forget_gradient`).
 
-    Every rank draws the same Fisher batches (:func:`~tutorial_lib.unlearning.fisher_batches` with
+    Every rank draws the same Fisher batches (:func:`~tutorial_lib.unlearning.base.fisher_batches` with
     ``seed``) and computes the gradients of its share; Δ is summed over the ranks' shares of the
-    forget items. ``cfg`` is a :class:`~tutorial_lib.unlearning.FisherRemovalConfig` (or Forgetting)
+    forget items. ``cfg`` is a :class:`~tutorial_lib.unlearning.fisher_methods.FisherRemovalConfig` (or Forgetting)
     with ``structure="woodbury"``: the distributed Fisher is the exact empirical Fisher, inverted by
     ``solver`` ("woodbury" or "cg", see :class:`DistributedFisher`). The model must be the same on
     every rank (checked). Notebook 10, "Scaling out"."""
@@ -378,10 +378,10 @@ def self_check(device="cpu", seed: int = 0, n_fisher: int = 12, batch_size: int 
 
 
 def main(argv=None) -> int:
-    """``torchrun --nproc_per_node 2 -m tutorial_lib.distributed [--device cpu] [--seed 0]``: run
+    """``torchrun --nproc_per_node 2 -m tutorial_lib.unlearning.distributed_fisher [--device cpu] [--seed 0]``: run
     :func:`self_check` and print each maximum difference to the single-process result (rank 0).
     Exit status 1 when a relative difference exceeds ``--tolerance``. Notebook 10, "Scaling out"."""
-    parser = argparse.ArgumentParser(prog="python -m tutorial_lib.distributed", description=main.__doc__.split(":")[0])
+    parser = argparse.ArgumentParser(prog="python -m tutorial_lib.unlearning.distributed_fisher", description=main.__doc__.split(":")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])

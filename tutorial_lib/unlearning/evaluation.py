@@ -39,7 +39,7 @@ def next_token_kl(model, reference, ids: torch.Tensor, block_size: int, max_bloc
 def evaluate_unlearning(model, tokenizer, canaries, val_ids, retain_ids, forget_items, block_size: int,
                         reference=None, names=None, max_blocks: int = 64, candidates: int | None = None) -> dict:
     """Everything a method reports: exact exposure of each canary in ``names`` (default all; among
-    ``candidates`` sampled secrets if given, see :func:`~tutorial_lib.exposure.compute_exposure`),
+    ``candidates`` sampled secrets if given, see :func:`~tutorial_lib.privacy.exposure.compute_exposure`),
     validation and retain perplexity, loss on the forget items, and KL of next-token predictions
     from ``reference`` (the retrained model) on validation text."""
 
