@@ -45,8 +45,7 @@ from .curvature.per_sample import ParameterSpace, gradient_matrix, per_sample_gr
 from .curvature.studies import damping_study, newton_removal_study, structure_costs_markdown, time_per_sample_gradients
 from .experiments.benchmark import BenchmarkConfig, benchmark_markdown, cells_cached, plot_benchmark, run_benchmark
 from .experiments.case_studies import (
-    case_study_experiment, case_study_markdown, evaluate_pii, pii_verdicts, plot_case_study,
-    train_case_study_model,
+    case_study_markdown, evaluate_pii, pii_verdicts, plot_case_study, run_case_study, train_case_study_model,
 )
 from .experiments.case_study_data import CaseStudyConfig, build_case_study
 from .experiments.comparisons import (
@@ -54,8 +53,8 @@ from .experiments.comparisons import (
     unlearning_table,
 )
 from .experiments.dp_comparison import (
-    DPComparisonConfig, dp_comparison, dp_markdown, dp_study, dp_study_cached, dp_versus_unlearning,
-    plot_dp_vs_unlearning, train_dp_model,
+    DPComparisonConfig, dp_markdown, dp_study_cached, dp_versus_unlearning, plot_dp_vs_unlearning,
+    run_dp_comparison, run_dp_study, train_dp_model,
 )
 from .experiments.full_profile import FullProfileError, FullProfilePlan, resolve_full_profile
 from .experiments.memorization import (
@@ -67,12 +66,12 @@ from .experiments.recommendations import (
     relearning_markdown, sequential_markdown,
 )
 from .experiments.robustness import (
-    RelearningConfig, RobustnessConfig, relearning_attack, relearning_study, relearning_texts, seed_variation,
-    sensitivity_study, sequential_study, sequential_summary,
+    RelearningConfig, RobustnessConfig, relearning_attack, relearning_texts, run_relearning_study,
+    run_seed_variation, run_sensitivity_study, run_sequential_study, sequential_summary,
 )
 from .experiments.sweeps import (
-    UnlearningSetup, baseline_sweep, choose_setting, forgetting_sweep, reference_points, removal_sweep,
-    sweep_unlearning, unlearning_setup,
+    UnlearningSetup, choose_setting, reference_points, run_baseline_sweep, run_forgetting_sweep,
+    run_removal_sweep, sweep_unlearning, unlearning_setup,
 )
 from .privacy.dp import (
     DPConfig, epsilon_spent, group_privacy, noise_multiplier_for, train_dp_language_model, window_dataset,
@@ -91,33 +90,33 @@ from .unlearning.evaluation import evaluate_unlearning
 from .unlearning.fisher_methods import FisherForgettingConfig, FisherRemovalConfig
 
 __all__ = [
-    "__version__", "attack_scores", "BANDS", "baseline_comparison", "baseline_sweep", "benchmark_claims",
-    "benchmark_markdown", "BenchmarkConfig", "BlockFisher", "build_case_study", "Canary", "canary_forget_items",
-    "canary_texts", "canary_trie", "case_study_experiment", "case_study_markdown", "CaseStudyConfig",
-    "cells_cached", "certified_noise_std", "CheckpointMismatchError", "choose_setting", "classifier_outputs",
-    "compute_exposure", "compute_loss", "compute_perplexity", "ConvexProblem", "CORPORA", "corpus_path", "cosine",
-    "count_parameters", "curvature_matrices", "damping_study", "DataError", "DenseFisher", "DiagonalFisher",
-    "DistributedFisher", "dp_comparison", "dp_markdown", "dp_study", "dp_study_cached", "dp_versus_unlearning",
-    "DPComparisonConfig", "DPConfig", "empirical_fisher", "epsilon_spent", "estimate_exposure", "evaluate_pii",
-    "evaluate_unlearning", "exact_hessian", "exposure_from_scores", "ExposureEstimate", "ExposureResult",
-    "FineTuneConfig", "FisherForgettingConfig", "FisherRemovalConfig", "fit", "forgetting_gentler",
-    "forgetting_sweep", "FullProfileError", "FullProfilePlan", "gauss_newton", "generate_continuations",
-    "gradient_matrix", "GradientAscentConfig", "GradientDifferenceConfig", "group_privacy", "ihvp_cg", "ihvp_exact",
-    "ihvp_lissa", "influence_on_loss", "insert_canaries", "KFACFisher", "lm_outputs", "load_corpus",
-    "load_pretrained", "loss_gradient", "make_byte_tokenizer", "make_canaries", "make_corpus_classification",
-    "make_fisher", "make_lm_batch", "make_model", "membership_inference", "MemorizationConfig",
-    "MemorizationResult", "MemoryBudgetError", "METHODS", "MLPProblem", "model_scale", "ModelConfig",
-    "newton_fisher_cosine", "newton_removal", "newton_removal_study", "newton_step", "NewtonConfig",
+    "__version__", "attack_scores", "BANDS", "baseline_comparison", "benchmark_claims", "benchmark_markdown",
+    "BenchmarkConfig", "BlockFisher", "build_case_study", "Canary", "canary_forget_items", "canary_texts",
+    "canary_trie", "case_study_markdown", "CaseStudyConfig", "cells_cached", "certified_noise_std",
+    "CheckpointMismatchError", "choose_setting", "classifier_outputs", "compute_exposure", "compute_loss",
+    "compute_perplexity", "ConvexProblem", "CORPORA", "corpus_path", "cosine", "count_parameters",
+    "curvature_matrices", "damping_study", "DataError", "DenseFisher", "DiagonalFisher", "DistributedFisher",
+    "dp_markdown", "dp_study_cached", "dp_versus_unlearning", "DPComparisonConfig", "DPConfig", "empirical_fisher",
+    "epsilon_spent", "estimate_exposure", "evaluate_pii", "evaluate_unlearning", "exact_hessian",
+    "exposure_from_scores", "ExposureEstimate", "ExposureResult", "FineTuneConfig", "FisherForgettingConfig",
+    "FisherRemovalConfig", "fit", "forgetting_gentler", "FullProfileError", "FullProfilePlan", "gauss_newton",
+    "generate_continuations", "gradient_matrix", "GradientAscentConfig", "GradientDifferenceConfig",
+    "group_privacy", "ihvp_cg", "ihvp_exact", "ihvp_lissa", "influence_on_loss", "insert_canaries", "KFACFisher",
+    "lm_outputs", "load_corpus", "load_pretrained", "loss_gradient", "make_byte_tokenizer", "make_canaries",
+    "make_corpus_classification", "make_fisher", "make_lm_batch", "make_model", "membership_inference",
+    "MemorizationConfig", "MemorizationResult", "MemoryBudgetError", "METHODS", "MLPProblem", "model_scale",
+    "ModelConfig", "newton_fisher_cosine", "newton_removal", "newton_removal_study", "newton_step", "NewtonConfig",
     "noise_multiplier_for", "NPOConfig", "other_canary_shift", "ParameterSpace", "per_sample_gradients", "perturb",
     "pii_verdicts", "plot_benchmark", "plot_candidate_distribution", "plot_case_study", "plot_dp_vs_unlearning",
     "plot_exact_vs_estimate", "plot_exposure_trajectory", "plot_exposure_vs_insertions", "plot_relearning",
     "plot_sensitivity", "plot_sequential", "plot_tradeoff", "plot_training_curve", "preconditioned_descent",
     "prepare_memorization", "PROFILES", "RandomnessSpace", "recommendations", "recommendations_markdown",
-    "reference_points", "regression_outputs", "relearning_attack", "relearning_markdown", "relearning_study",
-    "relearning_texts", "RelearningConfig", "removal_sweep", "resolve_device", "resolve_full_profile",
-    "resolve_profile", "retrain_without", "RobustnessConfig", "roc_auc", "roc_curve", "run_benchmark",
-    "run_memorization", "sample_losses", "score_candidates_bruteforce", "score_trie", "seed_variation",
-    "select_parameters", "sensitivity_study", "sequential_markdown", "sequential_study", "sequential_summary",
+    "reference_points", "regression_outputs", "relearning_attack", "relearning_markdown", "relearning_texts",
+    "RelearningConfig", "resolve_device", "resolve_full_profile", "resolve_profile", "retrain_without",
+    "RobustnessConfig", "roc_auc", "roc_curve", "run_baseline_sweep", "run_benchmark", "run_case_study",
+    "run_dp_comparison", "run_dp_study", "run_forgetting_sweep", "run_memorization", "run_relearning_study",
+    "run_removal_sweep", "run_seed_variation", "run_sensitivity_study", "run_sequential_study", "sample_losses",
+    "score_candidates_bruteforce", "score_trie", "select_parameters", "sequential_markdown", "sequential_summary",
     "setup_notebook", "solve_damped", "spectrum", "structure_costs", "structure_costs_markdown", "sweep_markdown",
     "sweep_unlearning", "time_per_sample_gradients", "tokenize_lines", "tpr_at_fpr", "train_bpe_tokenizer",
     "train_case_study_model", "train_dp_language_model", "train_dp_model", "train_language_model",

@@ -59,7 +59,7 @@ def test_one_tiny_cell_end_to_end_and_deterministic(tiny_cache, monkeypatch):
     assert rows["original"]["forgotten_exposure"] >= 8  # memorised
     assert rows["fisher_removal"]["forgotten_exposure"] <= rows["retrained"]["forgotten_exposure"] + 3
     assert rows["fisher_removal"]["val_perplexity"] <= 1.3 * rows["original"]["val_perplexity"]
-    assert 0 < rows["fisher_removal"]["fraction_of_retraining"] and rows["retrained"]["kl_to_retrained"] == 0
+    assert 0 < rows["fisher_removal"]["fraction_of_retraining"] and rows["fisher_removal"]["kl_to_retrained"] > 0  # a different model
     again, cached = benchmark_cell(cfg, "shakespeare", 0, "cpu")
     fresh, recomputed = benchmark_cell(cfg, "shakespeare", 0, "cpu", use_cache=False)
     assert cached and not recomputed and again == cell

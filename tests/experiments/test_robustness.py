@@ -19,9 +19,9 @@ from tutorial_lib.experiments.robustness import (
     RobustnessConfig,
     factors_for,
     relearning_attack,
-    relearning_study,
     relearning_texts,
-    sequential_study,
+    run_relearning_study,
+    run_sequential_study,
     sequential_summary,
 )
 
@@ -170,7 +170,7 @@ def test_relearning_study_at_tiny(tiny_cache, monkeypatch):
     the retrained model's)."""
     monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
     cfg = RobustnessConfig.for_profile("tiny")
-    study, _ = relearning_study(cfg, 0, "cpu", progress=False)  # the reproduction's test may have cached it
+    study, _ = run_relearning_study(cfg, 0, "cpu", progress=False)  # the reproduction's test may have cached it
     rows = study["rows"]
     assert set(rows) == {"original", "retrained", "fisher_removal", "gradient_ascent"}
     assert [t["step"] for t in rows["retrained"]["trace"]] == [0, 10, 20]
@@ -180,13 +180,13 @@ def test_relearning_study_at_tiny(tiny_cache, monkeypatch):
     assert rows["fisher_removal"]["after_minus_retrained"] < 3
     assert math.isclose(rows["retrained"]["after_minus_retrained"], 0.0)
     assert "| retrained |" in relearning_markdown(study)
-    assert relearning_study(cfg, 0, "cpu", progress=False) == (study, True)
+    assert run_relearning_study(cfg, 0, "cpu", progress=False) == (study, True)
 
 
 def test_sequential_study_at_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tmp_path))
     cfg = RobustnessConfig.for_profile("tiny")
-    study, cached = sequential_study(cfg, 0, "cpu", progress=False)
+    study, cached = run_sequential_study(cfg, 0, "cpu", progress=False)
     rows = study["cycles"]["fisher_removal"]
     assert not cached and len(study["requests"]) == 3 and [r["cycle"] for r in rows] == [0, 1, 2, 3]
     first = study["requests"][0]
@@ -194,4 +194,4 @@ def test_sequential_study_at_tiny(tmp_path, monkeypatch):
     summary = sequential_summary(study)["fisher_removal"]
     assert summary["perplexity_ratio"] < 1.5
     with pytest.raises(ValueError, match="99 requests asked for"):
-        sequential_study(dataclasses.replace(cfg, n_requests=99), 0, "cpu", progress=False)
+        run_sequential_study(dataclasses.replace(cfg, n_requests=99), 0, "cpu", progress=False)

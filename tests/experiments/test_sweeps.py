@@ -68,7 +68,7 @@ def test_removal_sweep_at_tiny(tiny_cache, monkeypatch):
     monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
     cfg = MemorizationConfig.for_profile("tiny")
     grid = {"eta": [0.0, 5e-4, 1e4]}
-    result, cached = studies.removal_sweep(cfg, 0, "cpu", grid=grid, progress=False)
+    result, cached = studies.run_removal_sweep(cfg, 0, "cpu", grid=grid, progress=False)
     target = result["target"]
     zero, step, huge = result["rows"]
     assert not cached and [r["params"]["eta"] for r in result["rows"]] == grid["eta"]
@@ -78,7 +78,7 @@ def test_removal_sweep_at_tiny(tiny_cache, monkeypatch):
     assert step["exposure"][target] < zero["exposure"][target] - 3
     assert "max_update_norm" in huge["error"] and "exposure" not in huge
     assert result["chosen"]["params"]["eta"] == 5e-4
-    assert studies.removal_sweep(cfg, 0, "cpu", grid=grid, progress=False) == (result, True)
+    assert studies.run_removal_sweep(cfg, 0, "cpu", grid=grid, progress=False) == (result, True)
     refs, refs_cached = studies.reference_points(cfg, 0, "cpu", use_cache=False, progress=False)  # other tests may have cached it
     assert not refs_cached and refs["original"]["exposure"][target] == result["original"]["exposure"][target]  # |R| = 10^4 at tiny: the same
     assert refs["watch"][0] == target and set(refs["oracle"]["exposure"]) == set(refs["watch"])

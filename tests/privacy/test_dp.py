@@ -8,7 +8,7 @@ import torch
 
 from tutorial_lib.core.models import ModelConfig, make_model
 from tutorial_lib.core.training import TrainConfig
-from tutorial_lib.experiments.dp_comparison import dp_study
+from tutorial_lib.experiments.dp_comparison import run_dp_study
 from tutorial_lib.privacy.dp import (
     DPConfig,
     backward,
@@ -194,7 +194,7 @@ def test_privacy_lowers_the_exposure_of_the_100x_canary_at_tiny(tiny_cache, monk
 
     monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
     cfg = MemorizationConfig.for_profile("tiny")
-    result, _ = dp_study(cfg, epsilons=(1.0,), seed=0, progress=False)
+    result, _ = run_dp_study(cfg, epsilons=(1.0,), seed=0, progress=False)
     private, dp1 = result["rows"]
     carol = next(c["name"] for c in result["canaries"] if c["insertions"] == 100)
     assert private["label"] == "non-private" and dp1["target_epsilon"] == 1.0

@@ -127,7 +127,7 @@ def plot_tradeoff(sweep: dict, ax=None, group: str | None = None, max_ppl_increa
                   label: str | None = None, color: str | None = None, references: bool = True, annotate: bool = True,
                   marker: str = "o-"):
     """Exposure of the forgotten canary against validation perplexity for every point of a sweep
-    (:func:`~tutorial_lib.experiments.sweeps.removal_sweep` and friends): one line per value of ``group`` (a
+    (:func:`~tutorial_lib.experiments.sweeps.run_removal_sweep` and friends): one line per value of ``group`` (a
     swept field), the other fields annotated; the original (square), the retrained oracle (star), the
     perplexity budget (dotted; by default :data:`~tutorial_lib.core.profiles.BANDS`) and the sweep's
     pick (ringed); ``references=False`` draws the points only (for a second sweep on the same axes).

@@ -24,16 +24,16 @@ from ..experiments.benchmark import (
     run_benchmark,
 )
 from ..experiments.case_studies import (
-    case_study_experiment,
     case_study_markdown,
     plot_case_study,
+    run_case_study,
 )
 from ..experiments.case_study_data import CaseStudyConfig
 from ..experiments.dp_comparison import (
     DPComparisonConfig,
-    dp_comparison,
     dp_markdown,
     plot_dp_vs_unlearning,
+    run_dp_comparison,
 )
 from ..experiments.memorization import MemorizationConfig, run_memorization
 from ..experiments.recommendations import (
@@ -47,12 +47,12 @@ from ..experiments.recommendations import (
 )
 from ..experiments.robustness import (
     RobustnessConfig,
-    relearning_study,
-    seed_variation,
-    sensitivity_study,
-    sequential_study,
+    run_relearning_study,
+    run_seed_variation,
+    run_sensitivity_study,
+    run_sequential_study,
 )
-from ..experiments.sweeps import unlearning_experiment
+from ..experiments.sweeps import run_unlearning_methods
 from .notebook import library_versions
 
 
@@ -212,10 +212,10 @@ def robustness_experiment(profile: str, seed: int = 0, device=None) -> dict:
     """Notebook 10's three studies (cached) and the recommendation table built from them."""
 
     cfg = RobustnessConfig.for_profile(profile)
-    relearning = relearning_study(cfg, seed, device)[0]
-    sequential = sequential_study(cfg, seed, device)[0]
-    sensitivity = sensitivity_study(cfg, seed, device)[0]
-    seeds = seed_variation(cfg, device)
+    relearning = run_relearning_study(cfg, seed, device)[0]
+    sequential = run_sequential_study(cfg, seed, device)[0]
+    sensitivity = run_sensitivity_study(cfg, seed, device)[0]
+    seeds = run_seed_variation(cfg, device)
     return {"config": cfg.to_dict(), "relearning": relearning, "sequential": sequential, "sensitivity": sensitivity,
             "seeds": seeds, "recommendations": recommendations(relearning, sequential, sensitivity, seeds)}
 
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     print(result.summary())
     for path in write_memorization(result, out):
         print(f"  wrote {path}")
-    unlearning = unlearning_experiment(MemorizationConfig.for_profile(profile), seed=args.seed, device=args.device)
+    unlearning = run_unlearning_methods(MemorizationConfig.for_profile(profile), seed=args.seed, device=args.device)
     for path in write_unlearning(unlearning, out):
         print(f"  wrote {path}")
 
@@ -275,12 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     dp_cfg = DPComparisonConfig.for_profile(profile)
     print(f"DP-SGD: target epsilon {list(dp_cfg.epsilons)} on {len(dp_cfg.corpora)} corpora ({dp_cfg.run_profile}-scale models)"
           + (f" and on shakespeare at the {profile} scale" if dp_cfg.own_scale else ""))
-    for path in write_dp(dp_comparison(dp_cfg, seed=args.seed, device=args.device), out):
+    for path in write_dp(run_dp_comparison(dp_cfg, seed=args.seed, device=args.device), out):
         print(f"  wrote {path}")
 
     cs_cfg = CaseStudyConfig.for_profile(profile)
     print(f"case studies (personal data, verbatim text): {cs_cfg.profile}-scale model")
-    result = case_study_experiment(cs_cfg, seed=args.seed, device=args.device)[0]
+    result = run_case_study(cs_cfg, seed=args.seed, device=args.device)[0]
     for path in write_case_studies(result, cs_cfg.to_dict(), out):
         print(f"  wrote {path}")
     print("robustness: relearning attack, sequential requests, sensitivity")

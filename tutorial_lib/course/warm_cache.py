@@ -22,9 +22,9 @@ import time
 from ..core.canaries import make_canaries
 from ..core.profiles import resolve_profile
 from ..experiments.benchmark import BenchmarkConfig, benchmark_cell
-from ..experiments.case_studies import case_study_experiment
+from ..experiments.case_studies import run_case_study
 from ..experiments.case_study_data import CaseStudyConfig
-from ..experiments.dp_comparison import DPComparisonConfig, dp_study
+from ..experiments.dp_comparison import DPComparisonConfig, run_dp_study
 from ..experiments.memorization import (
     MemorizationConfig,
     train_memorization_model,
@@ -32,16 +32,16 @@ from ..experiments.memorization import (
 )
 from ..experiments.robustness import (
     RobustnessConfig,
-    relearning_study,
+    run_relearning_study,
+    run_sensitivity_study,
+    run_sequential_study,
     seed_benchmark_config,
-    sensitivity_study,
-    sequential_study,
 )
 from ..experiments.sweeps import (
-    baseline_sweep,
-    forgetting_sweep,
     reference_points,
-    removal_sweep,
+    run_baseline_sweep,
+    run_forgetting_sweep,
+    run_removal_sweep,
 )
 
 
@@ -60,9 +60,9 @@ def warm(profile: str | None = None, seed: int = 0, device: str | None = None, p
     ]
     results = [
         ("notebook 04: original and oracle, exact exposure", lambda: reference_points(cfg, seed, device, progress=progress)),
-        ("notebook 04: Fisher Removal sweep", lambda: removal_sweep(cfg, seed, device, progress=progress)),
-        ("notebook 05: noise sweep", lambda: forgetting_sweep(cfg, seed, device, progress=progress)),
-    ] + [(f"notebook 06: {m} sweep", lambda m=m: baseline_sweep(cfg, m, seed, device, progress=progress))
+        ("notebook 04: Fisher Removal sweep", lambda: run_removal_sweep(cfg, seed, device, progress=progress)),
+        ("notebook 05: noise sweep", lambda: run_forgetting_sweep(cfg, seed, device, progress=progress)),
+    ] + [(f"notebook 06: {m} sweep", lambda m=m: run_baseline_sweep(cfg, m, seed, device, progress=progress))
          for m in ("gradient_ascent", "gradient_difference", "npo", "fine_tune")]
     bench = dataclasses.replace(BenchmarkConfig.for_profile(profile), seeds=(seed,))  # notebook 07's reduced table
     results += [(f"notebook 07: benchmark, {corpus}, seed {seed}", lambda corpus=corpus: benchmark_cell(bench, corpus, seed, device))
@@ -70,13 +70,13 @@ def warm(profile: str | None = None, seed: int = 0, device: str | None = None, p
 
     dp = DPComparisonConfig.for_profile(profile)
     results += [(f"notebook 08: DP-SGD at epsilon {list(dp.epsilons)}, {corpus}",
-                 lambda corpus=corpus: dp_study(dp.run_config(corpus), dp.epsilons, seed, device, dp.max_grad_norm, progress=progress))
+                 lambda corpus=corpus: run_dp_study(dp.run_config(corpus), dp.epsilons, seed, device, dp.max_grad_norm, progress=progress))
                 for corpus in dp.corpora]
 
-    results.append(("notebook 09: case studies", lambda: case_study_experiment(CaseStudyConfig.for_profile(profile), seed, device, progress=progress)))
-    results += [("notebook 10: relearning attack", lambda: relearning_study(robust, seed, device, progress=progress)),
-                ("notebooks 05 and 10: sequential requests", lambda: sequential_study(robust, seed, device, progress=progress)),
-                ("notebook 10: sensitivity", lambda: sensitivity_study(robust, seed, device, progress=progress))]
+    results.append(("notebook 09: case studies", lambda: run_case_study(CaseStudyConfig.for_profile(profile), seed, device, progress=progress)))
+    results += [("notebook 10: relearning attack", lambda: run_relearning_study(robust, seed, device, progress=progress)),
+                ("notebooks 05 and 10: sequential requests", lambda: run_sequential_study(robust, seed, device, progress=progress)),
+                ("notebook 10: sensitivity", lambda: run_sensitivity_study(robust, seed, device, progress=progress))]
     seeds = seed_benchmark_config(robust)
     results += [(f"notebook 10: benchmark, {robust.corpus}, seed {s}", lambda s=s: benchmark_cell(seeds, robust.corpus, s, device))
                 for s in seeds.seeds if s != seed]

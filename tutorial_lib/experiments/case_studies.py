@@ -147,7 +147,7 @@ def _val_perplexity(model, tokenizer, study: CaseStudy) -> float:
 CASE_STUDY_METHODS = ("fisher_removal", "fisher_forgetting", "gradient_ascent", "gradient_difference", "npo", "fine_tune")
 
 
-def case_study_experiment(cfg: CaseStudyConfig, seed: int = 0, device=None, methods: tuple[str, ...] = CASE_STUDY_METHODS,
+def run_case_study(cfg: CaseStudyConfig, seed: int = 0, device=None, methods: tuple[str, ...] = CASE_STUDY_METHODS,
                           candidates: int | None = None, use_cache: bool = True, progress: bool = True) -> tuple[dict, bool]:
     """Both requests, every method at its profile default (Fisher Removal also with the secrets-only
     forget set), against the model retrained without both requests' data (one retraining serves
@@ -263,7 +263,7 @@ class PIIVerdicts:
 
 
 def pii_verdicts(result: dict, tolerance_bits: float = BANDS.exposure_bits, tolerance_auc: float = 0.1) -> PIIVerdicts:
-    """Judge every model of :func:`case_study_experiment`'s personal-data request against the retrained
+    """Judge every model of :func:`run_case_study`'s personal-data request against the retrained
     model: the subject's first two secrets (phone, account) within ``tolerance_bits`` of its exposure,
     every membership attack's AUC on the subject's records within ``tolerance_auc`` of its AUC.
     Notebook 09, "The checks"."""

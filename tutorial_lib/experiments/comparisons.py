@@ -46,7 +46,7 @@ def _cell(row: dict, metric: str, target: str) -> str:
 def sweep_markdown(sweep: dict, metrics=("exposure", "val_perplexity", "seconds"), skip_errors: bool = False) -> str:
     """A sweep's rows as a markdown table: the swept parameters, then ``metrics`` (keys of
     :data:`COLUMNS`; exposure is the sweep's target canary's). A refused point shows its error, unless
-    ``skip_errors``. ``sweep`` is one sweep (:func:`~tutorial_lib.experiments.sweeps.removal_sweep` and
+    ``skip_errors``. ``sweep`` is one sweep (:func:`~tutorial_lib.experiments.sweeps.run_removal_sweep` and
     relatives) or a dict method -> sweep, which adds a first column ``method``. Notebooks 04–06."""
     unknown = [m for m in metrics if m not in COLUMNS]
     if unknown or not metrics:
@@ -116,9 +116,9 @@ class BaselineComparison:
 
 
 def baseline_comparison(removal: dict, sweeps: dict[str, dict], budget: float) -> BaselineComparison:
-    """Each baseline's sweep (method -> :func:`~tutorial_lib.experiments.sweeps.baseline_sweep` result)
+    """Each baseline's sweep (method -> :func:`~tutorial_lib.experiments.sweeps.run_baseline_sweep` result)
     within the perplexity ``budget``, and at the exposure of Fisher Removal's chosen point of
-    ``removal`` (:func:`~tutorial_lib.experiments.sweeps.removal_sweep`). Notebook 06, "Where each one
+    ``removal`` (:func:`~tutorial_lib.experiments.sweeps.run_removal_sweep`). Notebook 06, "Where each one
     collapses" and "Against Fisher Removal at matched exposure" (claim C2 on one request)."""
     if not sweeps:
         raise ValueError("no baseline sweeps given")

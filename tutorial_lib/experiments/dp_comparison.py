@@ -53,7 +53,7 @@ from .memorization import (
     prepare_memorization,
     train_memorization_model,
 )
-from .sweeps import unlearning_experiment
+from .sweeps import run_unlearning_methods
 
 #: fingerprinted for this module's cached results (:func:`~tutorial_lib.core.cache.code_fingerprint`)
 DP_MODULES = ("privacy/dp.py", "experiments/dp_comparison.py")
@@ -85,7 +85,7 @@ def train_dp_model(cfg: MemorizationConfig, dp: DPConfig, seed: int = 0, device:
 
 
 # ----------------------------------------------------------------------------------- the study
-def dp_study(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS, seed: int = 0, device=None, max_grad_norm: float = 1.0,
+def run_dp_study(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS, seed: int = 0, device=None, max_grad_norm: float = 1.0,
              candidates: int | None = None, use_cache: bool = True, progress: bool = True) -> tuple[dict, bool]:
     """DP-SGD at each target ε (δ = 1/n) next to the non-private run, on the memorisation run ``cfg``:
     exposure of every canary (exact, or among ``candidates`` sampled secrets), validation
@@ -126,7 +126,7 @@ def _study_key(cfg: MemorizationConfig, epsilons, seed: int, max_grad_norm: floa
 
 def dp_study_cached(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS, seed: int = 0, max_grad_norm: float = 1.0,
                     candidates: int | None = None) -> bool:
-    """Whether :func:`dp_study` with these arguments is already in the result cache."""
+    """Whether :func:`run_dp_study` with these arguments is already in the result cache."""
 
     return result_path("dp_study", _study_key(cfg, epsilons, seed, max_grad_norm, candidates), modules=DP_MODULES).is_file()
 
@@ -174,10 +174,10 @@ class DPComparisonConfig:
         return asdict(self)
 
 
-def dp_comparison(cfg: DPComparisonConfig, seed: int = 0, device=None, own_scale: bool | None = None, progress: bool = True) -> dict:
+def run_dp_comparison(cfg: DPComparisonConfig, seed: int = 0, device=None, own_scale: bool | None = None, progress: bool = True) -> dict:
     """Every DP study of ``cfg`` and, per corpus, the unlearning benchmark's cell on the same model
     (original, retrained, Fisher Removal, Fisher Forgetting, the baselines): ``{"config", "curves":
-    {corpus: dp_study}, "unlearning": {corpus: benchmark rows}, "own_scale": dp_study or None}``.
+    {corpus: run_dp_study}, "unlearning": {corpus: benchmark rows}, "own_scale": run_dp_study or None}``.
     Everything is cached; ``own_scale`` overrides ``cfg.own_scale``."""
     import dataclasses
 
@@ -188,15 +188,15 @@ def dp_comparison(cfg: DPComparisonConfig, seed: int = 0, device=None, own_scale
                                 run_profile=cfg.run_profile)
     curves, unlearning = {}, {}
     for corpus in tqdm(cfg.corpora, desc="DP-SGD (corpus)", **progress_options(progress)):
-        curves[corpus] = dp_study(cfg.run_config(corpus), cfg.epsilons, seed, device, cfg.max_grad_norm, progress=False)[0]
+        curves[corpus] = run_dp_study(cfg.run_config(corpus), cfg.epsilons, seed, device, cfg.max_grad_norm, progress=False)[0]
         cell = benchmark_cell(bench, corpus, seed, device)[0]
         unlearning[corpus] = {"target": cell["target"], "rows": cell["rows"]}
     own = own_unlearning = None
     if cfg.own_scale if own_scale is None else own_scale:
 
         own_cfg = MemorizationConfig.for_profile(cfg.profile)
-        own = dp_study(own_cfg, cfg.own_scale_epsilons, seed, device, cfg.max_grad_norm, progress=progress)[0]
-        methods = unlearning_experiment(own_cfg, seed, device)
+        own = run_dp_study(own_cfg, cfg.own_scale_epsilons, seed, device, cfg.max_grad_norm, progress=progress)[0]
+        methods = run_unlearning_methods(own_cfg, seed, device)
         names = {"retrained oracle": "retrained"}
         own_unlearning = {"target": methods["target"], "rows": {names.get(k, k): v for k, v in methods["results"].items()}}
     return {"config": cfg.to_dict(), "seed": seed, "curves": curves, "unlearning": unlearning, "own_scale": own,
@@ -300,7 +300,7 @@ class DPVersusUnlearning:
 
 
 def dp_versus_unlearning(study: dict, unlearning: dict, epsilon: float, title: str | None = None) -> DPVersusUnlearning:
-    """The most-inserted canary of a DP ``study`` (:func:`dp_study`) under the non-private run, the DP
+    """The most-inserted canary of a DP ``study`` (:func:`run_dp_study`) under the non-private run, the DP
     run at target ``epsilon`` and, from ``unlearning`` (the benchmark cell of the same model), the
     retrained model and Fisher Removal. Notebook 08, "DP-SGD and unlearning on the same axes"."""
     by_count = {c["insertions"]: c["name"] for c in study["canaries"] if c["insertions"]}

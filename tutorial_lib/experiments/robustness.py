@@ -2,15 +2,15 @@
 how each method's outcome moves with its main hyperparameter and with the seed, summed up in a
 recommendation table.
 
-- **Relearning** (:func:`relearning_study`): after unlearning, an attacker fine-tunes the model for
+- **Relearning** (:func:`run_relearning_study`): after unlearning, an attacker fine-tunes the model for
   a few steps on *related* data: fresh canaries of the same format (other names, other secrets)
   mixed with ordinary training lines. None of it contains the forgotten secret, so a model that
   truly lost it (the retrained one) gains only what the format teaches; a model whose update merely
   hid the secret gets it back. The retrained model under the same attack is the reference.
-- **Sequential requests** (:func:`sequential_study`): a model with many canaries serves one deletion
+- **Sequential requests** (:func:`run_sequential_study`): a model with many canaries serves one deletion
   request after another; after each, the exact exposure of every canary (those forgotten earlier,
   the one just forgotten, those still due) and the validation perplexity.
-- **Sensitivity** (:func:`sensitivity_study`): each method's main hyperparameter scaled by a few
+- **Sensitivity** (:func:`run_sensitivity_study`): each method's main hyperparameter scaled by a few
   factors around its default on one model, and the default on several training seeds (the
   benchmark's cells, :func:`~tutorial_lib.experiments.benchmark.benchmark_cell`).
 
@@ -202,7 +202,7 @@ def relearning_attack(model, tokenizer, texts: list[str], cfg: RelearningConfig,
     return attacked
 
 
-def relearning_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_cache: bool = True,
+def run_relearning_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_cache: bool = True,
                      progress: bool = True) -> tuple[dict, bool]:
     """The relearning attack on the original model, the retrained one and every method of
     ``cfg.methods`` at its default: exact exposure of the forgotten canary and a control, and the
@@ -255,7 +255,7 @@ def relearning_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_cach
 
 
 # ----------------------------------------------------------------------------------- sequential requests
-def sequential_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_cache: bool = True,
+def run_sequential_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_cache: bool = True,
                      progress: bool = True) -> tuple[dict, bool]:
     """``cfg.n_requests`` deletion requests served in a row (most-inserted canaries first) by each
     method of ``cfg.sequential_methods`` at its default, on the many-canary run of
@@ -335,14 +335,14 @@ def factors_for(method: str) -> tuple[float, ...]:
     return FACTORS.get(MAIN_HYPERPARAMETER[method], DEFAULT_FACTORS)
 
 
-def sensitivity_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_cache: bool = True,
+def run_sensitivity_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_cache: bool = True,
                       progress: bool = True) -> tuple[dict, bool]:
     """Each method's main hyperparameter (:data:`MAIN_HYPERPARAMETER`) at its default times each of
     :func:`factors_for`, on the run of seed ``seed``: exact exposure of the forgotten canary and the
     validation perplexity, with the original's and the retrained model's; the default's row, the
     original and the retrained model are read from the benchmark's cell for that seed (the same
     model, request and configs); ``(result, from_cache)``.
-    The seed part of the study is :func:`seed_variation`. Notebook 10, "Sensitivity"."""
+    The seed part of the study is :func:`run_seed_variation`. Notebook 10, "Sensitivity"."""
 
     run_cfg = cfg.run_config()
 
@@ -373,12 +373,12 @@ def sensitivity_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_cac
 
 
 def seed_benchmark_config(cfg: RobustnessConfig) -> BenchmarkConfig:
-    """The benchmark configuration whose cells give :func:`seed_variation` (one corpus, the seeds)."""
+    """The benchmark configuration whose cells give :func:`run_seed_variation` (one corpus, the seeds)."""
     # every benchmark method, so that the cells are the benchmark's own (notebook 07 and the reproduction compute them too)
     return BenchmarkConfig.for_profile(cfg.profile, corpora=(cfg.corpus,), seeds=tuple(cfg.seeds), run_profile=cfg.run_profile)
 
 
-def seed_variation(cfg: RobustnessConfig, device=None, progress: bool = True) -> dict:
+def run_seed_variation(cfg: RobustnessConfig, device=None, progress: bool = True) -> dict:
     """Every method at its default on each training seed of ``cfg.seeds`` (the benchmark's cells for
     ``cfg.corpus``, cached there): per model, the exposure of the forgotten canary and the
     validation perplexity per seed, their mean and std, and the gap to the retrained model's

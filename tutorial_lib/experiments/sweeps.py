@@ -218,7 +218,7 @@ def _sweep_study(name: str, cfg: MemorizationConfig, method: str, base, grid: di
     return cached_result(name, key, compute, use_cache=use_cache)
 
 
-def removal_sweep(cfg: MemorizationConfig, seed: int = 0, device=None, grid: dict | None = None, candidates: int = SWEEP_CANDIDATES,
+def run_removal_sweep(cfg: MemorizationConfig, seed: int = 0, device=None, grid: dict | None = None, candidates: int = SWEEP_CANDIDATES,
                   use_cache: bool = True, progress: bool = True) -> tuple[dict, bool]:
     """Fisher Removal over damping × η on notebook 04's request; ``(result, from_cache)``. The
     result holds every row, the original's and the oracle's point, and the :func:`choose_setting`
@@ -228,7 +228,7 @@ def removal_sweep(cfg: MemorizationConfig, seed: int = 0, device=None, grid: dic
                         use_cache, progress)
 
 
-def forgetting_sweep(cfg: MemorizationConfig, seed: int = 0, device=None, grid: dict | None = None, candidates: int = SWEEP_CANDIDATES,
+def run_forgetting_sweep(cfg: MemorizationConfig, seed: int = 0, device=None, grid: dict | None = None, candidates: int = SWEEP_CANDIDATES,
                      use_cache: bool = True, progress: bool = True) -> tuple[dict, bool]:
     """Fisher Forgetting (Newton step plus noise) over the noise scale μ, the Newton step at the
     Fisher Removal default; ``(result, from_cache)``. Its pick is the *largest* μ that keeps the
@@ -243,7 +243,7 @@ def baseline_grid(profile: str) -> dict[str, list]:
     return {"lr": [3e-5, 1e-4, 3e-4, 1e-3], "steps": [3, 10, 30, 100]}
 
 
-def baseline_sweep(cfg: MemorizationConfig, method: str, seed: int = 0, device=None, grid: dict | None = None,
+def run_baseline_sweep(cfg: MemorizationConfig, method: str, seed: int = 0, device=None, grid: dict | None = None,
                    candidates: int = SWEEP_CANDIDATES, use_cache: bool = True, progress: bool = True) -> tuple[dict, bool]:
     """A first-order baseline (``gradient_ascent``, ``gradient_difference``, ``npo``, ``fine_tune``)
     over learning rate × steps on notebook 04's request (:func:`trace_sweep`), cached like the other
@@ -257,7 +257,7 @@ def baseline_sweep(cfg: MemorizationConfig, method: str, seed: int = 0, device=N
                         run=lambda setup: trace_sweep(setup, method, base, grid["lr"], grid["steps"], candidates, progress=progress))
 
 
-def unlearning_experiment(cfg, seed: int = 0, device=None, methods: tuple[str, ...] | None = None, use_cache: bool = True) -> dict:
+def run_unlearning_methods(cfg, seed: int = 0, device=None, methods: tuple[str, ...] | None = None, use_cache: bool = True) -> dict:
     """Notebooks 04–06 on one request: forget the most-inserted canary with every method at its
     profile default (Fisher Removal, Fisher Forgetting and the first-order baselines) and compare
     each with the retrained oracle on the watched canaries (exact exposure of the forgotten one, the

@@ -72,7 +72,7 @@ class _FirstOrderConfig:
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides):
         """Adam at the (lr, steps) that notebook 06's sweep picks for this method and profile
-        (:func:`~tutorial_lib.experiments.sweeps.baseline_sweep` with :func:`~tutorial_lib.experiments.sweeps.choose_setting`:
+        (:func:`~tutorial_lib.experiments.sweeps.run_baseline_sweep` with :func:`~tutorial_lib.experiments.sweeps.choose_setting`:
         the cheapest setting in perplexity that brings the canary within
         :data:`~tutorial_lib.core.profiles.BANDS` ``.exposure_bits`` of the oracle): the profile's
         row of ``PROFILE_DEFAULTS``, then ``overrides``; ``full`` reuses ``small``'s values, unmeasured."""

@@ -102,7 +102,7 @@ class FisherForgettingConfig(_FisherStepConfig):
     def for_profile(cls, profile: str | None = None, **overrides) -> "FisherForgettingConfig":
         """The Newton step of :meth:`FisherRemovalConfig.for_profile` plus noise at the largest
         noise scale of notebook 05's sweep that keeps the exposure and perplexity bands
-        (:func:`~tutorial_lib.experiments.sweeps.forgetting_sweep`): μ = 1e-14 at ``small`` (and ``full``),
+        (:func:`~tutorial_lib.experiments.sweeps.run_forgetting_sweep`): μ = 1e-14 at ``small`` (and ``full``),
         1e-10 at ``tiny`` (``PROFILE_DEFAULTS``), then ``overrides``."""
         return config_for_profile(cls, profile, overrides, eta=FisherRemovalConfig.for_profile(profile).eta)
 
