@@ -21,8 +21,13 @@ from .core.data import CORPORA, DataError, corpus_path, load_corpus, verify_data
 from .core.evaluation import compute_loss, compute_perplexity, tokenize_lines
 from .core.models import ModelConfig, count_parameters, load_pretrained, make_model
 from .core.plotting import (
-    plot_candidate_distribution, plot_exact_vs_estimate, plot_exposure_trajectory, plot_exposure_vs_insertions,
-    plot_tradeoff, plot_training_curve, use_style,
+    plot_candidate_distribution,
+    plot_exact_vs_estimate,
+    plot_exposure_trajectory,
+    plot_exposure_vs_insertions,
+    plot_tradeoff,
+    plot_training_curve,
+    use_style,
 )
 from .core.profiles import BANDS, PROFILES, model_scale, resolve_device, resolve_profile
 from .core.tokenization import make_byte_tokenizer, train_bpe_tokenizer
@@ -30,14 +35,34 @@ from .core.training import TrainConfig, TrainHistory, train_language_model
 from .course.notebook import setup_notebook
 from .curvature.fisher import BlockFisher, DenseFisher, DiagonalFisher, WoodburyFisher, make_fisher
 from .curvature.ground_truth import (
-    cosine, curvature_matrices, empirical_fisher, exact_hessian, gauss_newton, loss_gradient,
-    newton_fisher_cosine, preconditioned_descent, spectrum, true_fisher,
+    cosine,
+    curvature_matrices,
+    empirical_fisher,
+    exact_hessian,
+    gauss_newton,
+    loss_gradient,
+    newton_fisher_cosine,
+    preconditioned_descent,
+    spectrum,
+    true_fisher,
 )
 from .curvature.kfac import KFACFisher, structure_costs
 from .curvature.memory import MemoryBudgetError
 from .curvature.newton import (
-    ConvexProblem, MLPProblem, NewtonConfig, certified_noise_std, fit, ihvp_cg, ihvp_exact, ihvp_lissa,
-    influence_on_loss, make_corpus_classification, newton_removal, newton_step, perturb, retrain_without,
+    ConvexProblem,
+    MLPProblem,
+    NewtonConfig,
+    certified_noise_std,
+    fit,
+    ihvp_cg,
+    ihvp_exact,
+    ihvp_lissa,
+    influence_on_loss,
+    make_corpus_classification,
+    newton_removal,
+    newton_step,
+    perturb,
+    retrain_without,
     solve_damped,
 )
 from .curvature.outputs import classifier_outputs, lm_outputs, make_lm_batch, regression_outputs, sample_losses
@@ -45,40 +70,89 @@ from .curvature.per_sample import ParameterSpace, gradient_matrix, per_sample_gr
 from .curvature.studies import damping_study, newton_removal_study, structure_costs_markdown, time_per_sample_gradients
 from .experiments.benchmark import BenchmarkConfig, benchmark_markdown, cells_cached, plot_benchmark, run_benchmark
 from .experiments.case_studies import (
-    case_study_markdown, evaluate_pii, pii_verdicts, plot_case_study, run_case_study, train_case_study_model,
+    case_study_markdown,
+    evaluate_pii,
+    pii_verdicts,
+    plot_case_study,
+    run_case_study,
+    train_case_study_model,
 )
 from .experiments.case_study_data import CaseStudyConfig, build_case_study
 from .experiments.comparisons import (
-    baseline_comparison, benchmark_claims, forgetting_gentler, other_canary_shift, sweep_markdown,
+    baseline_comparison,
+    benchmark_claims,
+    forgetting_gentler,
+    other_canary_shift,
+    sweep_markdown,
     unlearning_table,
 )
 from .experiments.dp_comparison import (
-    DPComparisonConfig, dp_markdown, dp_study_cached, dp_versus_unlearning, plot_dp_vs_unlearning,
-    run_dp_comparison, run_dp_study, train_dp_model,
+    DPComparisonConfig,
+    dp_markdown,
+    dp_study_cached,
+    dp_versus_unlearning,
+    plot_dp_vs_unlearning,
+    run_dp_comparison,
+    run_dp_study,
+    train_dp_model,
 )
 from .experiments.full_profile import FullProfileError, FullProfilePlan, resolve_full_profile
 from .experiments.memorization import (
-    MemorizationConfig, MemorizationResult, prepare_memorization, run_memorization, train_memorization_model,
+    MemorizationConfig,
+    MemorizationResult,
+    prepare_memorization,
+    run_memorization,
+    train_memorization_model,
     train_retrained_model,
 )
 from .experiments.recommendations import (
-    plot_relearning, plot_sensitivity, plot_sequential, recommendations, recommendations_markdown,
-    relearning_markdown, sequential_markdown,
+    plot_relearning,
+    plot_sensitivity,
+    plot_sequential,
+    recommendations,
+    recommendations_markdown,
+    relearning_markdown,
+    sequential_markdown,
 )
 from .experiments.robustness import (
-    RelearningConfig, RobustnessConfig, relearning_attack, relearning_texts, run_relearning_study,
-    run_seed_variation, run_sensitivity_study, run_sequential_study, sequential_summary,
+    RelearningConfig,
+    RobustnessConfig,
+    relearning_attack,
+    relearning_texts,
+    run_relearning_study,
+    run_seed_variation,
+    run_sensitivity_study,
+    run_sequential_study,
+    sequential_summary,
 )
 from .experiments.sweeps import (
-    UnlearningSetup, choose_setting, reference_points, run_baseline_sweep, run_forgetting_sweep,
-    run_removal_sweep, sweep_unlearning, unlearning_setup,
+    UnlearningSetup,
+    choose_setting,
+    reference_points,
+    run_baseline_sweep,
+    run_forgetting_sweep,
+    run_removal_sweep,
+    sweep_unlearning,
+    unlearning_setup,
 )
 from .privacy.dp import (
-    DPConfig, epsilon_spent, group_privacy, noise_multiplier_for, train_dp_language_model, window_dataset,
+    DPConfig,
+    epsilon_spent,
+    group_privacy,
+    noise_multiplier_for,
+    train_dp_language_model,
+    window_dataset,
 )
 from .privacy.exposure import (
-    ExposureEstimate, ExposureResult, canary_texts, canary_trie, compute_exposure, estimate_exposure,
-    exposure_from_scores, score_candidates_bruteforce, score_trie,
+    ExposureEstimate,
+    ExposureResult,
+    canary_texts,
+    canary_trie,
+    compute_exposure,
+    estimate_exposure,
+    exposure_from_scores,
+    score_candidates_bruteforce,
+    score_trie,
 )
 from .privacy.mia import attack_scores, generate_continuations, membership_inference, roc_auc, roc_curve, tpr_at_fpr
 from .unlearning.api import METHODS, unlearn

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import torch
+
 PROFILES = ("tiny", "small", "full")
 
 
@@ -23,8 +25,6 @@ def resolve_profile(profile: str | None = None) -> str:
     if profile is None:
         profile = os.environ.get(PROFILE_ENV) or None
     if profile is None:
-        import torch
-
         on_ci = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
         return "full" if torch.cuda.is_available() and not on_ci else "small"
     name = str(profile).strip().lower()
@@ -78,7 +78,6 @@ def resolve_device(device: str | None = None) -> str:
     """Return ``device`` if given, else ``"cuda"`` when available, else ``"cpu"``."""
     if device is not None:
         return str(device)
-    import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from tqdm.auto import tqdm
 
 from .evaluation import compute_loss
 from .profiles import config_for_profile, progress_options
@@ -113,7 +114,6 @@ def train_language_model(
     """Train ``model`` in place on random windows of ``train_ids``; at every validation step (see
     :class:`TrainConfig`) measure the validation loss and call ``on_eval(step, model)``.
     Notebook 03, "The experiment"."""
-    from tqdm.auto import tqdm
 
     if len(train_ids) <= cfg.block_size + 1:
         raise ValueError(f"training text has {len(train_ids)} tokens, fewer than block_size + 2 = {cfg.block_size + 2}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
+import torch
+
 from .._version import __version__
 from ..core.plotting import use_style
 from ..core.profiles import resolve_device, resolve_profile
@@ -26,7 +28,6 @@ def library_versions() -> dict:
     import datasets
     import opacus
     import tokenizers
-    import torch
     import transformers
 
 

@@ -17,9 +17,11 @@ Notebook 02 compares their spectra and Newton directions.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
+from torch.func import functional_call, hessian, jvp, vmap
 
 from .outputs import Outputs, lm_outputs, sample_losses
 from .per_sample import ParameterSpace, per_sample_gradients, select_parameters
@@ -40,7 +42,6 @@ def _space(model, params) -> ParameterSpace:
 
 def _function(model, space: ParameterSpace, fn):
     """θ (flat, the subset) ↦ fn(model with θ)."""
-    from torch.func import functional_call
 
     class _Call(torch.nn.Module):
         def __init__(self, theta):
@@ -61,7 +62,6 @@ def loss_function(model, batch, params=None, outputs_fn=lm_outputs):
 
 def exact_hessian(model, batch, params=None, outputs_fn=lm_outputs) -> torch.Tensor:
     """∇²L over the subset, by forward-over-reverse differentiation (d×d)."""
-    from torch.func import hessian
 
     f, theta = loss_function(model, batch, params, outputs_fn)
     ctx = _forward_mode()
@@ -81,7 +81,6 @@ def loss_gradient(model, batch, params=None, outputs_fn=lm_outputs) -> torch.Ten
 def gauss_newton(model, batch, params=None, outputs_fn=lm_outputs, chunk_size: int = 64) -> torch.Tensor:
     """The generalised Gauss–Newton matrix of L over the subset (d×d), from the logits' Jacobian
     computed by forward mode in chunks of ``chunk_size`` directions."""
-    from torch.func import jvp, vmap
 
     space = _space(model, params)
     theta = space.get(model)
@@ -175,7 +174,6 @@ def newton_fisher_cosine(model, batch, theta: torch.Tensor | None = None, params
     """cos∠(H⁻¹∇L, F̂⁻¹∇L): the Newton direction against the (undamped) empirical-Fisher direction,
     at the model's parameters or, with ``theta`` (flat, the subset), at θ on a copy of the model.
     Notebook 02's Kunstner example."""
-    import copy
 
     if theta is not None:
         model = copy.deepcopy(model)
@@ -211,7 +209,6 @@ def preconditioned_descent(model, batch, curvature: str, steps: int, lr: float =
                            params=None, outputs_fn=lm_outputs) -> tuple[torch.Tensor, torch.Tensor]:
     """Run θ ← θ − lr · (M(θ) + damping·I)⁻¹ ∇L(θ) on a copy of ``model`` with M the chosen curvature,
     re-computed at every step. Returns (trajectory (steps+1, d), losses (steps+1,)). Small d only."""
-    import copy
 
     if curvature not in CURVATURES:
         raise ValueError(f"unknown curvature {curvature!r}; expected one of {', '.join(CURVATURES)}")

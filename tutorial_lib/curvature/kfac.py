@@ -10,6 +10,8 @@ the unlearning methods.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 from .fisher import Fisher, check_damping, make_fisher
@@ -201,7 +203,6 @@ def structure_costs(model, batches, v: torch.Tensor | None = None, params=None, 
     ``structure``, ``build_s`` (per-sample gradients included, except for K-FAC which needs none),
     ``product_s``, ``memory_mb`` (the estimate), ``result`` (F̂_λ⁻¹ v) or ``refused`` (the memory error).
     ``v`` defaults to the mean gradient of the examples. Notebook 02, "What each structure costs"."""
-    import time
 
 
     outputs_fn = outputs_fn or lm_outputs

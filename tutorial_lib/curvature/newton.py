@@ -8,10 +8,12 @@ points also removes ``k`` shares of it. Used by notebook 01 (Newton updates and 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
+import torch
 from scipy import linalg, special
 
 from ..core.data import load_corpus
@@ -300,7 +302,6 @@ def influence_on_loss(problem: ConvexProblem, theta_star: np.ndarray, remove_ind
 
 def hashed_ngram_features(lines: list[str], n_features: int = 256, ngram_range=(1, 3)) -> np.ndarray:
     """Hashed character n-gram counts (crc32 into ``n_features`` buckets), L2-normalised rows."""
-    import zlib
 
     X = np.zeros((len(lines), n_features))
     for row, line in enumerate(lines):
@@ -348,7 +349,6 @@ def certified_noise_std(eps: float, delta: float, residual_budget: float) -> flo
 
 def perturb(problem: ConvexProblem, sigma: float, seed: int = 0) -> ConvexProblem:
     """The same problem with the random linear term ``b . theta``, ``b ~ N(0, sigma^2 I)`` (seeded)."""
-    from dataclasses import replace
 
     return replace(problem, b=np.random.default_rng(seed).normal(0.0, sigma, problem.dim))
 
@@ -359,8 +359,6 @@ class MLPProblem:
     a minimum: the bridge to notebook 02. Notebook 01, "When the Hessian is indefinite"."""
 
     def __init__(self, X: np.ndarray, y: np.ndarray, hidden: int = 8, lam: float = 1e-3):
-        import torch
-
         self.X = torch.as_tensor(X, dtype=torch.float64)
         self.y = torch.as_tensor(y, dtype=torch.float64)
         self.hidden, self.lam = hidden, lam
@@ -370,8 +368,6 @@ class MLPProblem:
         return np.random.default_rng(seed).normal(0.0, 0.5, self.dim)
 
     def _loss(self, theta):
-        import torch
-
         d, h = self.X.shape[1], self.hidden
         W, b1 = theta[: d * h].reshape(d, h), theta[d * h : d * h + h]
         v, b2 = theta[d * h + h : d * h + 2 * h], theta[-1]
@@ -380,19 +376,13 @@ class MLPProblem:
         return torch.nn.functional.softplus(-s * z).mean() + 0.5 * self.lam * theta @ theta
 
     def objective(self, theta: np.ndarray) -> float:
-        import torch
-
         return float(self._loss(torch.as_tensor(theta, dtype=torch.float64)))
 
     def gradient(self, theta: np.ndarray) -> np.ndarray:
-        import torch
-
         t = torch.as_tensor(theta, dtype=torch.float64).requires_grad_(True)
         return torch.autograd.grad(self._loss(t), t)[0].numpy()
 
     def hessian(self, theta: np.ndarray) -> np.ndarray:
-        import torch
-
         return torch.autograd.functional.hessian(self._loss, torch.as_tensor(theta, dtype=torch.float64)).numpy()
 
 

@@ -22,6 +22,7 @@ from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
+from torch.func import functional_call, grad, vmap
 
 from .memory import check_memory
 from .outputs import lm_outputs, sample_losses
@@ -292,8 +293,6 @@ def _loop(model, batch, space: ParameterSpace, outputs_fn) -> torch.Tensor:
 
 
 def _vmap(model, batch, space: ParameterSpace, outputs_fn) -> torch.Tensor:
-    from torch.func import grad, vmap
-
     values = {n: p.detach() for n, p in zip(space.names, space.parameters(model))}
 
     def loss_one(theta, *items):
@@ -322,8 +321,6 @@ class _Bound(nn.Module):
         self._model, self._params = model, params
 
     def forward(self, *args, **kwargs):
-        from torch.func import functional_call
-
         return functional_call(self._model, self._params, args, kwargs)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..core.cache import cached_result, result_path
 from ..core.data import CORPORA
@@ -58,7 +59,6 @@ class BenchmarkConfig:
     PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": {"corpora": ("shakespeare", "bible"), "seeds": (0,)}, "small": {}, "full": {}}
 
     def __post_init__(self):
-
         for name in self.corpora:
             if name not in CORPORA:
                 raise ValueError(f"unknown corpus {name!r}; expected one of {', '.join(CORPORA)}")
@@ -130,7 +130,6 @@ def benchmark_cell(cfg: BenchmarkConfig, corpus: str, seed: int, device=None, us
                             "fraction_of_retraining": seconds / setup.retrain_seconds, "update_norm": report.update_norm}
         out = {"corpus": corpus, "seed": seed, "target": target, "canaries": [c.to_dict() for c in setup.canaries], "rows": rows}
         if cfg.ga_sweep and seed == cfg.seeds[0]:
-
             grid = baseline_grid(cfg.run_profile)
             base = METHODS["gradient_ascent"].config.for_profile(cfg.run_profile)
             out["ga_sweep"] = trace_sweep(setup, "gradient_ascent", base, grid["lr"], grid["steps"], candidates=None, progress=progress)
@@ -142,7 +141,6 @@ def benchmark_cell(cfg: BenchmarkConfig, corpus: str, seed: int, device=None, us
 def run_benchmark(cfg: BenchmarkConfig, device=None, use_cache: bool = True, progress: bool = True) -> dict:
     """Every (corpus, seed) cell, with a progress bar over the whole run and its remaining-time
     estimate; returns {"config", "cells": [...], "summary": :func:`summarise`, "seconds"}."""
-    from tqdm.auto import tqdm
 
     start = time.perf_counter()
     cells = []

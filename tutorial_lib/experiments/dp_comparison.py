@@ -21,10 +21,13 @@ Two details matter for GPT-2 under Opacus (1.6) and transformers (5.x):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
 from typing import ClassVar
+
+from tqdm.auto import tqdm
 
 from ..core.cache import (
     cache_root,
@@ -179,9 +182,7 @@ def run_dp_comparison(cfg: DPComparisonConfig, seed: int = 0, device=None, own_s
     (original, retrained, Fisher Removal, Fisher Forgetting, the baselines): ``{"config", "curves":
     {corpus: run_dp_study}, "unlearning": {corpus: benchmark rows}, "own_scale": run_dp_study or None}``.
     Everything is cached; ``own_scale`` overrides ``cfg.own_scale``."""
-    import dataclasses
 
-    from tqdm.auto import tqdm
 
 
     bench = dataclasses.replace(BenchmarkConfig.for_profile(cfg.profile), corpora=cfg.corpora, seeds=(seed,),
@@ -193,7 +194,6 @@ def run_dp_comparison(cfg: DPComparisonConfig, seed: int = 0, device=None, own_s
         unlearning[corpus] = {"target": cell["target"], "rows": cell["rows"]}
     own = own_unlearning = None
     if cfg.own_scale if own_scale is None else own_scale:
-
         own_cfg = MemorizationConfig.for_profile(cfg.profile)
         own = run_dp_study(own_cfg, cfg.own_scale_epsilons, seed, device, cfg.max_grad_norm, progress=progress)[0]
         methods = run_unlearning_methods(own_cfg, seed, device)

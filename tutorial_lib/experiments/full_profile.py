@@ -41,6 +41,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from ..core.cache import cache_root
 from ..core.canaries import make_canaries
 from ..core.data import load_corpus
@@ -127,7 +129,6 @@ class FullProfilePlan:
         """The context for training and evaluation: ``torch.autocast`` in bfloat16 when
         ``compute_dtype`` is bfloat16, else a no-op. Call :func:`~tutorial_lib.unlearning.api.unlearn`
         *outside* it: the Fisher and the Newton solve stay in float32."""
-        import torch
 
         if self.compute_dtype == "bfloat16":
             return torch.autocast(device_type=device_type(self.device), dtype=torch.bfloat16)
@@ -220,7 +221,6 @@ def resolve_full_profile(model_path=None, device=None, dtype=None, fisher_params
     subset = choose_fisher_subset(skeleton, n_layer, structure, m, budget, fisher_params)
     patterns, space, need, all_need = subset.patterns, subset.space, subset.need, subset.all_bytes
 
-    import torch
 
     device_name = torch.cuda.get_device_name(device) if device_type(device) == "cuda" else "CPU"
     weights_dtype = stored_weights_dtype(Path(path))
@@ -262,7 +262,6 @@ def check_full_profile(plan: FullProfilePlan, seed: int = 0, max_chars: int = 50
     step) and one Fisher Removal step over the plan's Fisher subset (float32) for a canary line,
     with the first ``max_chars`` characters of the corpus as training and retain text. Returns the
     loss, seconds, update norm, the updated tensors, peak GPU memory and ``finite``. Notebook 10, "A first check"."""
-    import torch
 
 
     cuda = device_type(plan.device) == "cuda"
@@ -321,7 +320,6 @@ def save_random_model(folder, n_layer: int = 12, n_embd: int = 768, n_head: int 
     """Save a randomly initialised GPT-2 (default: GPT-2-small-shaped, 124 M parameters) and the
     library's byte tokenizer into ``folder`` with ``save_pretrained``: a stand-in for a downloaded
     model, to check the full profile's path on a machine that has none. Notebook 10."""
-    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
 

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from ..curvature.memory import available_memory, estimate_memory
 from ..curvature.per_sample import module_kind, owning_modules, select_parameters
 
@@ -83,7 +86,6 @@ def unsupported_modules(model, space) -> list[str]:
 
 
 def _subset_memory(model, subset, structure: str, m: int):
-
     space = select_parameters(model, list(subset) if subset is not None else None)
     layers = kfac_layer_shapes(model, space) if structure == "kfac" else ()
     return space, estimate_fisher_memory(structure, space.dim, m, layers)
@@ -101,7 +103,6 @@ def block_mlp_names(model, n_layer: int) -> list[str]:
     """Module names of the MLP of every transformer block, first to last (``transformer.h.11.mlp``
     for GPT-2, ``model.layers.11.mlp`` for Llama-style models): the children named ``mlp`` of the
     ``ModuleList`` of ``n_layer`` blocks, or the whole blocks where they have none."""
-    from torch import nn
 
     lists = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList) and len(mod) == n_layer]
     if not lists:
@@ -172,7 +173,6 @@ def device_type(device: str) -> str:
 
 def check_device(device):
     """(device string, problem or None). Bad values raise ValueError."""
-    import torch
 
     if device is None:
         if torch.cuda.is_available():
@@ -259,7 +259,6 @@ class Skeleton:
 
 def load_skeleton(path: str) -> Skeleton:
     """(config, model on the meta device, tokenizer): shapes and names, no weights loaded."""
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -282,8 +281,6 @@ def load_skeleton(path: str) -> Skeleton:
 
 
 def resolve_dtype(dtype, device: str) -> str:
-    import torch
-
     name = dtype if dtype is None else (str(dtype).replace("torch.", "") if isinstance(dtype, torch.dtype) else str(dtype).lower())
     if name is None:
         name = "auto"

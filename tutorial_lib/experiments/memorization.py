@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from tqdm.auto import tqdm
+
 from ..core.cache import cache_root, config_key, load_run, save_run
 from ..core.canaries import (
     Canary,
@@ -232,7 +234,6 @@ def train_retrained_model(cfg: MemorizationConfig, without: tuple[str, ...], see
 def run_memorization(cfg: MemorizationConfig, seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True) -> MemorizationResult:
     """Train (or load) the model, then measure exact exposure of every canary and control, the
     skew-normal estimate beside it, and validation / test perplexity. Notebook 03, "The experiment"."""
-    from tqdm.auto import tqdm
 
     device = resolve_device(device)
     run = train_memorization_model(cfg, seed, device, cache_dir, progress)

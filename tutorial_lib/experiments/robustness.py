@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..core.cache import cached_result
 from ..core.canaries import NAMES, Canary
@@ -208,7 +209,6 @@ def run_relearning_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_
     ``cfg.methods`` at its default: exact exposure of the forgotten canary and a control, and the
     validation perplexity, before the attack and after each checkpoint; ``(result, from_cache)``.
     Notebook 10, "Relearning"."""
-    from tqdm.auto import tqdm
 
 
     run_cfg, attack = cfg.run_config(), cfg.relearning

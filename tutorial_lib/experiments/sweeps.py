@@ -12,6 +12,8 @@ import itertools
 import time
 from dataclasses import dataclass
 
+from tqdm.auto import tqdm
+
 from ..core.cache import cached_result
 from ..core.evaluation import tokenize_lines
 from ..core.profiles import BANDS, progress_options
@@ -120,7 +122,6 @@ def sweep_unlearning(setup: UnlearningSetup, method: str, base, grid: dict[str, 
     the config ``base``; one row per point: ``params``, the target's exposure (among ``candidates``
     sampled secrets), perplexities, KL to the oracle, wall time and update norm. A point whose
     update the method refuses (norm guard, NaN) is kept with its ``error``."""
-    from tqdm.auto import tqdm
 
     if not grid:
         raise ValueError("the sweep grid is empty")
@@ -147,7 +148,6 @@ def trace_sweep(setup: UnlearningSetup, method: str, base, lrs: list[float], che
     after each step in ``checkpoints``; rows as in :func:`sweep_unlearning` with ``params`` {lr,
     steps} and ``seconds`` the method's own time up to that step. A run the method refuses part-way
     keeps its earlier rows and adds one with the ``error``. Notebook 06."""
-    from tqdm.auto import tqdm
 
     if not lrs or not checkpoints or min(checkpoints) < 1:
         raise ValueError(f"need learning rates and positive step checkpoints, got lrs={lrs}, checkpoints={checkpoints}")

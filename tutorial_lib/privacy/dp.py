@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
+from tqdm.auto import tqdm
 
 from ..core.evaluation import compute_loss
 from ..core.profiles import config_for_profile, progress_options
@@ -267,7 +268,6 @@ def train_dp_language_model(model, train_ids: torch.Tensor, val_ids: torch.Tenso
     same learning-rate schedule and number of steps; per-example clipping to ``dp.max_grad_norm``
     replaces batch clipping). Returns the history and the privacy record: n windows, sample rate,
     steps, σ, δ, the target and the spent ε (from the engine's accountant). Notebook 08."""
-    from tqdm.auto import tqdm
 
     dataset = window_dataset(train_ids, cfg.block_size)
     n = len(dataset)

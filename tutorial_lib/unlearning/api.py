@@ -27,6 +27,7 @@ from dataclasses import asdict
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from ..core.profiles import progress_options
 from ..curvature.per_sample import ParameterSpace, select_parameters
@@ -136,7 +137,6 @@ def repeated_unlearning(model, tokenizer, requests, retain, method: str, config,
     each cycle the model is evaluated with ``evaluate(model) -> dict`` and n shrinks by the k items
     just forgotten. Returns (final model, one row per cycle, the first being cycle 0 = before).
     Notebook 05, "Repeated requests"."""
-    from tqdm.auto import tqdm
 
     if not requests:
         raise ValueError("no deletion requests")

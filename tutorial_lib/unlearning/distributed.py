@@ -11,6 +11,7 @@ Notebook 10, section 5 ("Scaling up").
 """
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import socket
 import sys
@@ -249,7 +250,6 @@ def run_distributed(fn: Callable, world_size: int = 2, args: tuple = (), backend
     or lists, tuples and dicts of them (they travel through ``torch.save``). ``threads`` torch
     threads per process. If any rank fails, the others are stopped and its traceback is raised
     here. Notebook 10, "Scaling out"."""
-    import multiprocessing as mp
 
     if int(world_size) < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
