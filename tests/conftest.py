@@ -26,3 +26,23 @@ def byte_tokenizer():
     from tutorial_lib.core.tokenization import make_byte_tokenizer
 
     return make_byte_tokenizer()
+
+
+@pytest.fixture()
+def shown_bars(monkeypatch):
+    """``shown_bars(module, ...)``: those modules' progress bars drawn into the returned buffer even
+    under ``TQDM_DISABLE=1`` (how the tests run); a bar asked for with ``disable=True`` (progress
+    off) still draws nothing."""
+    import functools
+    import io
+
+    from tqdm.std import tqdm
+
+    out = io.StringIO()
+
+    def show(*modules):
+        for module in modules:
+            monkeypatch.setattr(module, "tqdm", functools.partial(tqdm, disable=False, file=out, mininterval=0))
+        return out
+
+    return show

@@ -21,12 +21,22 @@ from .core.data import CORPORA, DataError, corpus_path, load_corpus, verify_data
 from .core.evaluation import compute_loss, compute_perplexity, tokenize_lines
 from .core.models import ModelConfig, count_parameters, load_pretrained, make_model
 from .core.plotting import (
+    benchmark_selection,
+    case_study_attacks,
+    plot_benchmark_selection,
     plot_candidate_distribution,
+    plot_case_study_attack,
     plot_exact_vs_estimate,
     plot_exposure_trajectory,
     plot_exposure_vs_insertions,
+    plot_relearning_at,
+    plot_seed_variation,
+    plot_sweep_point,
     plot_tradeoff,
     plot_training_curve,
+    plot_unlearning_methods,
+    relearning_by_step,
+    sweep_point,
     use_style,
 )
 from .core.profiles import BANDS, PROFILES, model_scale, resolve_device, resolve_profile
@@ -164,9 +174,9 @@ from .unlearning.evaluation import evaluate_unlearning
 from .unlearning.fisher_methods import FisherForgettingConfig, FisherRemovalConfig
 
 __all__ = [
-    "__version__", "attack_scores", "BANDS", "baseline_comparison", "benchmark_claims", "benchmark_markdown",
+    "__version__", "attack_scores", "BANDS", "baseline_comparison", "benchmark_claims", "benchmark_markdown", "benchmark_selection",
     "BenchmarkConfig", "BlockFisher", "build_case_study", "Canary", "canary_forget_items", "canary_texts",
-    "canary_trie", "case_study_markdown", "CaseStudyConfig", "cells_cached", "certified_noise_std",
+    "canary_trie", "case_study_attacks", "case_study_markdown", "CaseStudyConfig", "cells_cached", "certified_noise_std",
     "CheckpointMismatchError", "choose_setting", "classifier_outputs", "compute_exposure", "compute_loss",
     "compute_perplexity", "ConvexProblem", "CORPORA", "corpus_path", "cosine", "count_parameters",
     "curvature_matrices", "damping_study", "DataError", "DenseFisher", "DiagonalFisher", "DistributedFisher",
@@ -181,17 +191,18 @@ __all__ = [
     "MemorizationConfig", "MemorizationResult", "MemoryBudgetError", "METHODS", "MLPProblem", "model_scale",
     "ModelConfig", "newton_fisher_cosine", "newton_removal", "newton_removal_study", "newton_step", "NewtonConfig",
     "noise_multiplier_for", "NPOConfig", "other_canary_shift", "ParameterSpace", "per_sample_gradients", "perturb",
-    "pii_verdicts", "plot_benchmark", "plot_candidate_distribution", "plot_case_study", "plot_dp_vs_unlearning",
-    "plot_exact_vs_estimate", "plot_exposure_trajectory", "plot_exposure_vs_insertions", "plot_relearning",
-    "plot_sensitivity", "plot_sequential", "plot_tradeoff", "plot_training_curve", "preconditioned_descent",
+    "pii_verdicts", "plot_benchmark", "plot_benchmark_selection", "plot_candidate_distribution", "plot_case_study",
+    "plot_case_study_attack", "plot_dp_vs_unlearning", "plot_exact_vs_estimate", "plot_exposure_trajectory",
+    "plot_exposure_vs_insertions", "plot_relearning", "plot_relearning_at", "plot_seed_variation", "plot_sensitivity",
+    "plot_sequential", "plot_sweep_point", "plot_tradeoff", "plot_training_curve", "plot_unlearning_methods", "preconditioned_descent",
     "prepare_memorization", "PROFILES", "RandomnessSpace", "recommendations", "recommendations_markdown",
-    "reference_points", "regression_outputs", "relearning_attack", "relearning_markdown", "relearning_texts",
+    "reference_points", "regression_outputs", "relearning_attack", "relearning_by_step", "relearning_markdown", "relearning_texts",
     "RelearningConfig", "resolve_device", "resolve_full_profile", "resolve_profile", "retrain_without",
     "RobustnessConfig", "roc_auc", "roc_curve", "run_baseline_sweep", "run_benchmark", "run_case_study",
     "run_dp_comparison", "run_dp_study", "run_forgetting_sweep", "run_memorization", "run_relearning_study",
     "run_removal_sweep", "run_seed_variation", "run_sensitivity_study", "run_sequential_study", "sample_losses",
     "score_candidates_bruteforce", "score_trie", "select_parameters", "sequential_markdown", "sequential_summary",
-    "setup_notebook", "solve_damped", "spectrum", "structure_costs", "structure_costs_markdown", "sweep_markdown",
+    "setup_notebook", "solve_damped", "spectrum", "structure_costs", "structure_costs_markdown", "sweep_markdown", "sweep_point",
     "sweep_unlearning", "time_per_sample_gradients", "tokenize_lines", "tpr_at_fpr", "train_bpe_tokenizer",
     "train_case_study_model", "train_dp_language_model", "train_dp_model", "train_language_model",
     "train_memorization_model", "train_retrained_model", "TrainConfig", "TrainHistory", "true_fisher", "unlearn",

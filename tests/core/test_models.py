@@ -1,8 +1,10 @@
+import functools
 from dataclasses import replace
 
 import pytest
 
-from tutorial_lib.core.models import ModelConfig, load_pretrained, make_model
+from tutorial_lib.core.cache import load_run, save_run
+from tutorial_lib.core.models import ModelConfig, load_pretrained, make_model, transformers_bars_off
 from tutorial_lib.experiments.memorization import MemorizationConfig, run_memorization
 
 
@@ -25,3 +27,48 @@ def test_full_profile_path_runs_on_a_local_pretrained_model(tmp_path, byte_token
     result = run_memorization(cfg, seed=0, device="cpu", cache_dir=tmp_path / "cache", progress=False)
     assert result.n_parameters == sum(p.numel() for p in model.parameters())
     assert len(result.exposures) == len(cfg.insertions) + cfg.n_controls
+
+
+@pytest.fixture()
+def transformers_bars(monkeypatch):
+    """transformers' own bars switched on and drawn even under TQDM_DISABLE=1 and
+    HF_HUB_DISABLE_PROGRESS_BARS=1 (how CI runs); the previous state is put back afterwards."""
+    import sys
+
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from tqdm import std
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr(sys.modules["huggingface_hub.utils.tqdm"], "HF_HUB_DISABLE_PROGRESS_BARS", None)  # read from the environment at import
+    was_on, hub_off = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    monkeypatch.setattr(hf_logging.tqdm_lib, "tqdm", functools.partial(std.tqdm, disable=False))
+    hf_logging.enable_progress_bar()
+    yield hf_logging
+    (hf_logging.enable_progress_bar if was_on else hf_logging.disable_progress_bar)()
+    if hub_off:
+        disable_progress_bars()
+
+
+def test_saving_and_loading_a_cached_model_draws_no_progress_bar(tmp_path, byte_tokenizer, transformers_bars, capfd):
+    model = make_model(ModelConfig.for_profile("tiny"), len(byte_tokenizer), seed=0)
+    model.save_pretrained(tmp_path / "plain")  # the control: transformers draws its bar
+    assert "Writing model shards" in capfd.readouterr().err
+    save_run(tmp_path / "run", model, byte_tokenizer, {"kind": "test"}, {})
+    run = load_run(tmp_path / "run", {"kind": "test"})
+    loaded, _ = load_pretrained(tmp_path / "run")
+    printed = capfd.readouterr()
+    assert "Writing model shards" not in printed.err and "Loading weights" not in printed.err and "%|" not in printed.err + printed.out
+    assert all((a == b).all() and (a == c).all() for a, b, c in zip(model.parameters(), run.model.parameters(), loaded.parameters()))
+    assert transformers_bars.is_progress_bar_enabled()  # switched back on afterwards
+
+
+def test_transformers_bars_off_restores_the_previous_state(transformers_bars):
+    with pytest.raises(RuntimeError):
+        with transformers_bars_off():
+            assert not transformers_bars.is_progress_bar_enabled()
+            raise RuntimeError("inside")
+    assert transformers_bars.is_progress_bar_enabled()
+    transformers_bars.disable_progress_bar()
+    with transformers_bars_off():
+        pass
+    assert not transformers_bars.is_progress_bar_enabled()  # off before, off after

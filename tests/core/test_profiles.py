@@ -4,6 +4,7 @@ import inspect
 import pkgutil
 
 import pytest
+import torch
 
 import tutorial_lib
 from tutorial_lib.core.models import ModelConfig
@@ -12,6 +13,7 @@ from tutorial_lib.core.profiles import (
     PROFILES,
     Bands,
     model_scale,
+    profile_reason,
     resolve_profile,
 )
 from tutorial_lib.core.training import TrainConfig
@@ -29,10 +31,17 @@ def test_environment_wins_over_auto(monkeypatch):
     assert resolve_profile() == "tiny"
 
 
-def test_auto_is_small_on_ci_or_without_gpu(monkeypatch):
+@pytest.mark.parametrize("gpu", [False, True])
+def test_default_is_small_even_on_a_gpu_and_says_why(gpu, monkeypatch):
     monkeypatch.delenv("TUTORIAL_PROFILE", raising=False)
-    monkeypatch.setenv("CI", "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     assert resolve_profile() == "small"
+    reason = profile_reason()
+    assert reason.startswith("profile 'small' (the default")
+    assert ("--profile full" in reason) == gpu
+    assert profile_reason("tiny") == "profile 'tiny' (asked for)"
+    monkeypatch.setenv("TUTORIAL_PROFILE", "full")
+    assert profile_reason() == "profile 'full' (from $TUTORIAL_PROFILE)"
 
 
 @pytest.mark.parametrize("bad", ["huge", "", "TINYY"])

@@ -1,8 +1,11 @@
 """``python -m tutorial_lib.course``: the student copy, the command line, the unexecuted HTML pages
-(the executed course in a browser is ``test_course_html.py``)."""
+(the executed course in a browser is ``test_course_html.py``); ``python -m tutorial_lib``: every command."""
 import itertools
 import json
+import os
 import re
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -178,9 +181,10 @@ def test_html_rejects_a_bad_profile_and_timeout(tmp_path, capsys):
 
 def test_warm_is_warm_cache(monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr("tutorial_lib.course.commands.warm", lambda profile, seed: calls.append((profile, seed)) or [])
+    monkeypatch.setattr("tutorial_lib.course.commands.warm", lambda profile, seed, **kw: calls.append((profile, seed, kw)) or [])
+    monkeypatch.setenv("TUTORIAL_JOBS", "2")
     assert main(["warm", "--profile", "tiny", "--seed", "3"]) == 0
-    assert calls == [("tiny", 3)]
+    assert calls == [("tiny", 3, {"progress": True, "jobs": 2})]
     assert "warm in" in capsys.readouterr().out
 
 
@@ -189,3 +193,31 @@ def test_module_docstring_documents_every_command():
     for usage in ("student --out DIR", "html --out DIR", "--no-execute", "--timeout S", "warm [--profile P]"):
         assert usage in doc
     assert "TeX source" in doc and '"solution"' in doc and "exercise-stub" in doc
+
+
+def test_python_m_tutorial_lib_lists_every_command():
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-m", "tutorial_lib"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert listed == list(commands.COMMANDS) == ["reproduce", "warm", "student", "html", "full-profile", "unlearn", "data"]
+    for command in commands.COMMANDS.values():
+        assert command.what in done.stdout and command.direct in done.stdout
+
+
+@pytest.mark.parametrize("name", list(commands.COMMANDS))
+def test_every_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        commands.dispatch([name, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: ")
+
+
+def test_dispatch_runs_a_command_and_refuses_an_unknown_one(tmp_path, capsys):
+    assert commands.dispatch(["student", "--out", str(tmp_path / "x"), "--notebooks", "99_nope"]) == 1
+    assert "unknown notebook '99_nope'" in capsys.readouterr().err
+    assert commands.dispatch([]) == 0 and "full-profile" in capsys.readouterr().out
+    assert commands.dispatch(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    saved = list(sys.argv)
+    assert commands.dispatch(["full-profile", "--model-path", "/nonexistent/model", "--device", "cpu"]) == 2
+    assert sys.argv == saved  # put back after the command

@@ -59,6 +59,8 @@ def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch, tiny_cache
     assert {name: (out / name).read_bytes() for name in first} == first
     png = (out / "memorization_exposure.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    tables = sorted(p.stem for p in out.glob("*.md"))  # every results table has its figure
+    assert len(tables) == 6 and all((out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in tables), tables
 
 
 def test_warm_cache_trains_once_then_finds_every_model(tmp_path, monkeypatch):

@@ -64,11 +64,17 @@ def test_cached_result_computes_once(tmp_path):
     assert len(calls) == 3
 
 
-def test_removal_sweep_at_tiny(tiny_cache, monkeypatch):
+def test_removal_sweep_at_tiny(tiny_cache, monkeypatch, shown_bars):
+    from tutorial_lib.core import training
+    from tutorial_lib.privacy import exposure
+    from tutorial_lib.unlearning import api
+
     monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
+    bars = shown_bars(studies, training, exposure, api)
     cfg = MemorizationConfig.for_profile("tiny")
     grid = {"eta": [0.0, 5e-4, 1e4]}
     result, cached = studies.run_removal_sweep(cfg, 0, "cpu", grid=grid, progress=False)
+    assert bars.getvalue() == ""  # progress off: no bar at any depth (training, unlearning, exposure)
     target = result["target"]
     zero, step, huge = result["rows"]
     assert not cached and [r["params"]["eta"] for r in result["rows"]] == grid["eta"]
@@ -83,6 +89,11 @@ def test_removal_sweep_at_tiny(tiny_cache, monkeypatch):
     assert not refs_cached and refs["original"]["exposure"][target] == result["original"]["exposure"][target]  # |R| = 10^4 at tiny: the same
     assert refs["watch"][0] == target and set(refs["oracle"]["exposure"]) == set(refs["watch"])
     setup = studies.unlearning_setup(cfg, 0, "cpu", progress=False)
+    assert bars.getvalue() == ""
+    again = studies.sweep_unlearning(setup, "fisher_removal", FisherRemovalConfig.for_profile("tiny"), {"eta": [5e-4]})
+    assert again[0]["exposure"] == step["exposure"] and again[0]["val_perplexity"] == step["val_perplexity"]  # bars change nothing
+    for bar in ("fisher_removal sweep: 100%", "fisher_removal: 100%", f"exposure of {target}: 100%"):
+        assert bar in bars.getvalue()
     with pytest.raises(ValueError, match="has no field 'lr'"):
         studies.sweep_unlearning(setup, "fisher_removal", FisherRemovalConfig(), {"lr": [1.0]})
     with pytest.raises(ValueError, match="unknown canary 'zed'"):

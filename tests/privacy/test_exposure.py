@@ -141,3 +141,25 @@ def test_sampled_exposure_ranks_among_the_sampled_candidates(byte_tokenizer):
     assert compute_exposure(model, byte_tokenizer, canary, candidates=10_000).rank == compute_exposure(model, byte_tokenizer, canary).rank
     with pytest.raises(ValueError, match="candidates must be at least 2, got 1"):
         compute_exposure(model, byte_tokenizer, canary, candidates=1)
+
+
+def test_exposure_bar_counts_every_candidate_and_changes_nothing(byte_tokenizer, bpe_tokenizer, shown_bars):
+    from tutorial_lib.privacy import exposure
+
+    model = _model(byte_tokenizer, seed=3)
+    canary = Canary("the pin of carol is {secret}", "4711", space=RandomnessSpace(4), name="carol")
+    quiet = compute_exposure(model, byte_tokenizer, canary, progress=False)
+    out = shown_bars(exposure)
+    assert out.getvalue() == ""  # progress off: no bar
+    shown = compute_exposure(model, byte_tokenizer, canary)
+    assert (shown.rank, shown.exposure, shown.log_perplexity_bits) == (quiet.rank, quiet.exposure, quiet.log_perplexity_bits)
+    assert "exposure of carol: 100%" in out.getvalue() and "10.0k/10.0k" in out.getvalue()
+    compute_exposure(model, byte_tokenizer, canary, method="bruteforce", candidates=600)
+    assert "600/600" in out.getvalue()
+    # BPE: secrets end at different depths of the trie, and every one is counted once
+    texts = [f"the secret number of bob is {n}" for n in (7, 42, 4242, 424242, 99, 123456)]
+    out.truncate(0)
+    bpe_model = _model(bpe_tokenizer)
+    np.testing.assert_array_equal(score_candidates(bpe_model, bpe_tokenizer, texts),
+                                  score_candidates(bpe_model, bpe_tokenizer, texts, progress=False))
+    assert "scoring candidates: 100%" in out.getvalue() and "6.00/6.00" in out.getvalue()

@@ -1,5 +1,6 @@
 """The unlearning API: exact updates in float64, Fisher-shaped noise, guards, and banded results at tiny."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -202,3 +203,29 @@ def test_canary_forget_items():
         canary_forget_items(c, "digits")
     with pytest.raises(ValueError, match="never inserted"):
         canary_forget_items(Canary("x {secret}", secret="000000", insertions=0, name="ctl"))
+
+
+def test_progress_bar_over_the_updates_changes_nothing(micro, byte_tokenizer, shown_bars):
+    from tutorial_lib.unlearning import api
+    from tutorial_lib.unlearning.api import repeated_unlearning
+    from tutorial_lib.unlearning.baselines import GradientDifferenceConfig
+
+    removal = FisherRemovalConfig(block_size=16, n_fisher=8, repeats=2)
+    ascent = GradientDifferenceConfig(block_size=16, batch_size=4, steps=3, lr=1e-3)
+    quiet = [unlearn(micro, byte_tokenizer, FORGET, RETAIN, m, c, n_train=100, seed=1, progress=False)[0]
+             for m, c in (("fisher_removal", removal), ("gradient_difference", ascent))]
+    out = shown_bars(api)
+    shown = [unlearn(micro, byte_tokenizer, FORGET, RETAIN, m, c, n_train=100, seed=1)[0]
+             for m, c in (("fisher_removal", removal), ("gradient_difference", ascent))]
+    for a, b in zip(quiet, shown):
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert "fisher_removal: 100%" in out.getvalue() and "2/2" in out.getvalue()
+    assert "gradient_difference: 100%" in out.getvalue() and "3/3" in out.getvalue()
+    out.truncate(0)
+    out.seek(0)
+    requests = [("a", [("the secret is ", "4242")] * 3)]
+    repeated_unlearning(micro, byte_tokenizer, requests, RETAIN, "fisher_removal", removal, lambda m: {}, n_train=100, progress=False)
+    assert out.getvalue() == ""  # progress off: neither the cycles' bar nor the updates'
+    with pytest.raises(UnlearningError):  # a refused update closes its bar
+        unlearn(micro, byte_tokenizer, FORGET, RETAIN, "fisher_removal", replace(removal, max_update_norm=1e-12), n_train=100)
+    assert "fisher_removal:   0%" in out.getvalue()

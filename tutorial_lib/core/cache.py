@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .models import transformers_bars_off
+
 CACHE_ENV = "TUTORIAL_CACHE_DIR"
 
 
@@ -49,8 +51,9 @@ def save_run(folder: str | os.PathLike, model, tokenizer, config: dict, record: 
     """Save weights (safetensors), tokenizer and ``run.json`` = {config, record} into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    with transformers_bars_off():
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
     tmp = folder / "run.json.tmp"
     tmp.write_text(json.dumps({"format": CACHE_FORMAT, "config": config, "record": record}, indent=1, default=str))
     tmp.replace(folder / "run.json")  # written last: its presence marks a complete checkpoint
@@ -75,9 +78,10 @@ def load_run(folder: str | os.PathLike, expected_config: dict | None = None, dev
             raise CheckpointMismatchError(
                 f"checkpoint {folder} does not match the requested config; differing keys: {', '.join(diff)}"
             )
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True).to(device)
+    with transformers_bars_off():
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True).to(device)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
     model.eval()
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
     return LoadedRun(model, tokenizer, meta.get("record", {}))
 
 
@@ -88,8 +92,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 #: study runs. Every other ``.py`` file under the package, in every sub-package, is fingerprinted, so a
 #: new or moved module counts unless it is listed here. Package ``__init__.py`` files only re-export.
 NOT_FINGERPRINTED = (
-    "_version.py", "course/", "core/plotting.py", "curvature/newton.py", "curvature/ground_truth.py", "curvature/studies.py",
-    "privacy/dp.py", "privacy/mia.py", "unlearning/distributed.py", "unlearning/distributed_fisher.py",
+    "_version.py", "__main__.py", "course/", "core/plotting.py", "curvature/newton.py", "curvature/ground_truth.py",
+    "curvature/studies.py", "privacy/dp.py", "privacy/mia.py", "unlearning/cli.py", "unlearning/distributed.py",
+    "unlearning/distributed_fisher.py",
     "experiments/benchmark.py", "experiments/dp_comparison.py", "experiments/case_studies.py",
     "experiments/case_study_data.py", "experiments/robustness.py", "experiments/recommendations.py",
     "experiments/full_profile.py", "experiments/full_profile_checks.py", "experiments/comparisons.py",

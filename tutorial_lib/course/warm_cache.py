@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
+from pathlib import Path
 
+from ..core.cache import cache_root
 from ..core.canaries import make_canaries
-from ..core.profiles import resolve_profile
-from ..experiments.benchmark import BenchmarkConfig, benchmark_cell
+from ..core.profiles import profile_reason, resolve_profile
+from ..experiments.benchmark import BenchmarkConfig, benchmark_cell, cell_key
 from ..experiments.case_studies import run_case_study
 from ..experiments.case_study_data import CaseStudyConfig
 from ..experiments.dp_comparison import DPComparisonConfig, run_dp_study
@@ -42,54 +45,82 @@ from ..experiments.sweeps import (
     run_baseline_sweep,
     run_forgetting_sweep,
     run_removal_sweep,
+    run_unlearning_methods,
 )
+from .workers import Job, default_jobs, run_jobs
 
 
-def warm(profile: str | None = None, seed: int = 0, device: str | None = None, progress: bool = False, studies: bool = True) -> list[dict]:
-    """Make sure the notebooks' models and studies are cached; one row per item (label, cached before, seconds)."""
-
+def warm_jobs(profile: str | None = None, seed: int = 0, device: str | None = None, studies: bool = True,
+              reproduction: bool = False) -> list[Job]:
+    """The warm-up's jobs, models first: every model and study the notebooks read from the cache
+    (with ``studies=False`` only the three models), and with ``reproduction=True`` also what only the
+    reproduction reads (every seed of the benchmark, the profile's own DP study and the unlearning
+    table). Each study ``needs`` the models it loads, so that no two workers train one checkpoint."""
+    profile = resolve_profile(profile)
     cfg = MemorizationConfig.for_profile(profile)
     robust = RobustnessConfig.for_profile(profile)
     canaries = make_canaries(cfg.insertions, cfg.per_insertion, cfg.n_controls, cfg.space, seed=seed)
     target = max(canaries, key=lambda c: c.insertions).name
-    models = [
-        ("notebook 03: memorisation run", lambda: train_memorization_model(cfg, seed, device, progress=progress)),
-        (f"notebook 04: retrained without {target}", lambda: train_retrained_model(cfg, (target,), seed, device, progress=progress)),
-        ("notebooks 05 and 10: sequential-requests run",
-         lambda: train_memorization_model(robust.sequential_run_config(), seed, device, progress=progress)),
-    ]
-    results = [
-        ("notebook 04: original and oracle, exact exposure", lambda: reference_points(cfg, seed, device, progress=progress)),
-        ("notebook 04: Fisher Removal sweep", lambda: run_removal_sweep(cfg, seed, device, progress=progress)),
-        ("notebook 05: noise sweep", lambda: run_forgetting_sweep(cfg, seed, device, progress=progress)),
-    ] + [(f"notebook 06: {m} sweep", lambda m=m: run_baseline_sweep(cfg, m, seed, device, progress=progress))
-         for m in ("gradient_ascent", "gradient_difference", "npo", "fine_tune")]
-    bench = dataclasses.replace(BenchmarkConfig.for_profile(profile), seeds=(seed,))  # notebook 07's reduced table
-    results += [(f"notebook 07: benchmark, {corpus}, seed {seed}", lambda corpus=corpus: benchmark_cell(bench, corpus, seed, device))
-                for corpus in bench.corpora]
+    quiet = {"progress": False}
+    run, oracle, sequential_run = "notebook 03: memorisation run", f"notebook 04: retrained without {target}", "notebooks 05 and 10: sequential-requests run"
+    jobs = [Job(run, train_memorization_model, (cfg, seed, device), quiet),
+            Job(oracle, train_retrained_model, (cfg, (target,), seed, device), quiet),
+            Job(sequential_run, train_memorization_model, (robust.sequential_run_config(), seed, device), quiet)]
+    if not studies:
+        return jobs
+    # ready jobs start in the order of this list: long ones early, so that the last to finish are short
+    jobs += [Job("notebook 09: case studies", run_case_study, (CaseStudyConfig.for_profile(profile), seed, device), quiet),
+             Job("notebooks 05 and 10: sequential requests", run_sequential_study, (robust, seed, device), quiet, (sequential_run,))]
+    small = (run, oracle)
 
+    def trains(run_cfg, s) -> tuple[str, ...]:  # a job that trains the profile's own run (at ``tiny`` the benchmark's) waits for it
+        return small if (run_cfg, s) == (cfg, seed) else ()
+
+    jobs += [Job("notebook 04: original and oracle, exact exposure", reference_points, (cfg, seed, device), quiet, small),
+             Job("notebook 04: Fisher Removal sweep", run_removal_sweep, (cfg, seed, device), quiet, small),
+             Job("notebook 05: noise sweep", run_forgetting_sweep, (cfg, seed, device), quiet, small)]
+    jobs += [Job(f"notebook 06: {m} sweep", run_baseline_sweep, (cfg, m, seed, device), quiet, small)
+             for m in ("gradient_ascent", "gradient_difference", "npo", "fine_tune")]
+    if reproduction:
+        jobs.append(Job("reproduction: unlearning methods", run_unlearning_methods, (cfg, seed, device), quiet,
+                        small + ("notebook 04: original and oracle, exact exposure",)))
+        dp = DPComparisonConfig.for_profile(profile)
+        if dp.own_scale:
+            jobs.append(Job(f"reproduction: DP-SGD at epsilon {list(dp.own_scale_epsilons)}, {profile}-scale model", run_dp_study,
+                            (cfg, dp.own_scale_epsilons, seed, device, dp.max_grad_norm), quiet, small))
+    bench = BenchmarkConfig.for_profile(profile)
+    robust_cells = seed_benchmark_config(robust)
+    wanted = [(dataclasses.replace(bench, seeds=(seed,)), c, seed) for c in bench.corpora]  # notebook 07's one-seed table
+    wanted += [(robust_cells, robust.corpus, s) for s in robust_cells.seeds]  # notebook 10's seed study
+    if reproduction:
+        wanted += [(bench, c, s) for s in bench.seeds for c in bench.corpora]  # the reproduction's table
+    cell, keys = {}, set()  # cell[corpus, seed]: the label of the first job that trains that model
+    for cells, c, s in wanted:  # one job per cached cell
+        key = json.dumps(cell_key(cells, c, s), sort_keys=True, default=str)
+        if key in keys:
+            continue
+        keys.add(key)
+        label = f"benchmark, {c}, seed {s}"
+        jobs.append(Job(label if (c, s) not in cell else f"{label} ({len(keys)})", benchmark_cell, (cells, c, s, device),
+                        needs=((cell[c, s],) if (c, s) in cell else ()) + trains(cells.run_config(c), s)))
+        cell.setdefault((c, s), label)
     dp = DPComparisonConfig.for_profile(profile)
-    results += [(f"notebook 08: DP-SGD at epsilon {list(dp.epsilons)}, {corpus}",
-                 lambda corpus=corpus: run_dp_study(dp.run_config(corpus), dp.epsilons, seed, device, dp.max_grad_norm, progress=progress))
-                for corpus in dp.corpora]
+    jobs += [Job(f"notebook 08: DP-SGD at epsilon {list(dp.epsilons)}, {c}", run_dp_study,
+                 (dp.run_config(c), dp.epsilons, seed, device, dp.max_grad_norm), quiet,
+                 tuple(cell[k] for k in [(c, seed)] if k in cell) + trains(dp.run_config(c), seed)) for c in dp.corpora]
+    shared = tuple(cell[k] for k in [(robust.corpus, seed)] if k in cell) + trains(robust.run_config(), seed)
+    jobs += [Job("notebook 10: relearning attack", run_relearning_study, (robust, seed, device), quiet, shared),
+             Job("notebook 10: sensitivity", run_sensitivity_study, (robust, seed, device), quiet, shared)]
+    return jobs
 
-    results.append(("notebook 09: case studies", lambda: run_case_study(CaseStudyConfig.for_profile(profile), seed, device, progress=progress)))
-    results += [("notebook 10: relearning attack", lambda: run_relearning_study(robust, seed, device, progress=progress)),
-                ("notebooks 05 and 10: sequential requests", lambda: run_sequential_study(robust, seed, device, progress=progress)),
-                ("notebook 10: sensitivity", lambda: run_sensitivity_study(robust, seed, device, progress=progress))]
-    seeds = seed_benchmark_config(robust)
-    results += [(f"notebook 10: benchmark, {robust.corpus}, seed {s}", lambda s=s: benchmark_cell(seeds, robust.corpus, s, device))
-                for s in seeds.seeds if s != seed]
-    jobs = models + results if studies else models
-    rows = []
-    for i, (label, job) in enumerate(jobs):  # models first: the studies load them
-        start = time.perf_counter()
-        out = job()  # a model run (TrainedModel) or a study's (result, from_cache)
-        cached = out.from_cache if i < len(models) else out[-1]
-        rows.append({"item": label, "cached": cached, "seconds": time.perf_counter() - start})
-        done = "trained" if i < len(models) else "computed"
-        print(f"  {label}: {'in the cache' if cached else done} ({rows[-1]['seconds']:.0f} s)", flush=True)
-    return rows
+
+def warm(profile: str | None = None, seed: int = 0, device: str | None = None, progress: bool = False, studies: bool = True,
+         jobs: int = 1, threads: int = 1, reproduction: bool = False) -> list[dict]:
+    """Make sure the notebooks' models and studies (:func:`warm_jobs`) are cached, in ``jobs`` worker
+    processes of ``threads`` torch threads each (:func:`~tutorial_lib.course.workers.run_jobs`); one
+    row per item (label, cached before, seconds)."""
+    items = warm_jobs(profile, seed, device, studies, reproduction)
+    return [r.to_dict() for r in run_jobs(items, jobs, threads, progress=progress, log=lambda line: print(line, flush=True))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,10 +130,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--models-only", action="store_true", help="train the models, skip the sweeps and repeated requests")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="worker processes, one torch thread each (default: one per core, at most 4; 1 on a GPU)")
+    parser.add_argument("--reproduction", action="store_true", help="also what only the reproduction reads (every benchmark seed)")
+    parser.add_argument("--report", default=None, metavar="FILE", help="also write each item's seconds and label, tab-separated, to FILE")
     args = parser.parse_args(argv)
     profile = resolve_profile(args.profile)
-    print(f"warming the model cache for profile {profile!r}, seed {args.seed}")
-    warm(profile, args.seed, args.device, studies=not args.models_only)
+    jobs = default_jobs(args.device) if args.jobs is None else args.jobs
+    if jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {jobs}")
+    start = time.perf_counter()
+    print(f"warming the cache {cache_root()} at {profile_reason(args.profile)}, seed {args.seed}, in {jobs} worker process(es)",
+          flush=True)
+    rows = warm(profile, args.seed, args.device, progress=True, studies=not args.models_only, jobs=jobs, reproduction=args.reproduction)
+    total = time.perf_counter() - start
+    print(f"warm in {total:.0f} s ({sum(r['seconds'] for r in rows):.0f} s of work in {jobs} worker process(es))")
+    if args.report:
+        Path(args.report).write_text("".join(f"{r['seconds']:.0f}\t{r['item']}\n" for r in rows))
     return 0
 
 

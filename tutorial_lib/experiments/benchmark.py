@@ -98,7 +98,9 @@ def _row(result: dict, setup, target: str) -> dict:
     }
 
 
-def _cell_key(cfg: BenchmarkConfig, corpus: str, seed: int) -> dict:
+def cell_key(cfg: BenchmarkConfig, corpus: str, seed: int) -> dict:
+    """What identifies the cached cell (``corpus``, ``seed``) of ``cfg``: two configurations with equal
+    keys share the cell."""
     return {"benchmark": cfg.run_profile, "run": cfg.run_config(corpus).to_dict(), "seed": seed, "methods": list(cfg.methods),
             "ga_sweep": cfg.ga_sweep and seed == cfg.seeds[0]}
 
@@ -106,27 +108,29 @@ def _cell_key(cfg: BenchmarkConfig, corpus: str, seed: int) -> dict:
 def cells_cached(cfg: BenchmarkConfig) -> bool:
     """Whether every (corpus, seed) cell of ``cfg`` is already in the result cache."""
 
-    return all(result_path("benchmark_cell", _cell_key(cfg, c, s), modules=("experiments/benchmark.py",)).is_file()
+    return all(result_path("benchmark_cell", cell_key(cfg, c, s), modules=("experiments/benchmark.py",)).is_file()
                for c in cfg.corpora for s in cfg.seeds)
 
 
 def benchmark_cell(cfg: BenchmarkConfig, corpus: str, seed: int, device=None, use_cache: bool = True,
                    progress: bool = False) -> tuple[dict, bool]:
-    """One corpus and seed: every model's row (see :func:`run_benchmark`); ``(result, from_cache)``."""
+    """One corpus and seed: every model's row (see :func:`run_benchmark`); ``(result, from_cache)``.
+    ``progress``: training bars and a bar over the methods (off by default: :func:`run_benchmark`'s
+    bar over the cells shows the time left)."""
 
     run_cfg = cfg.run_config(corpus)
 
     def compute():
         setup = unlearning_setup(run_cfg, seed, device, progress=progress)
         target, names = setup.target.name, [c.name for c in setup.canaries]
-        rows = {"original": _row(setup.evaluate(setup.model, names=names), setup, target),
-                "retrained": _row(setup.evaluate(setup.retrained, names=names), setup, target)}
+        rows = {"original": _row(setup.evaluate(setup.model, names=names, progress=progress), setup, target),
+                "retrained": _row(setup.evaluate(setup.retrained, names=names, progress=progress), setup, target)}
         rows["retrained"]["seconds"] = setup.retrain_seconds
-        for method in cfg.methods:
+        for method in tqdm(cfg.methods, desc=f"benchmark cell ({corpus}, seed {seed})", **progress_options(progress)):
             start = time.perf_counter()
-            unlearned, report = setup.unlearn(method, METHODS[method].config.for_profile(cfg.run_profile))
+            unlearned, report = setup.unlearn(method, METHODS[method].config.for_profile(cfg.run_profile), progress=progress)
             seconds = time.perf_counter() - start
-            rows[method] = {**_row(setup.evaluate(unlearned, names=names), setup, target), "seconds": seconds,
+            rows[method] = {**_row(setup.evaluate(unlearned, names=names, progress=progress), setup, target), "seconds": seconds,
                             "fraction_of_retraining": seconds / setup.retrain_seconds, "update_norm": report.update_norm}
         out = {"corpus": corpus, "seed": seed, "target": target, "canaries": [c.to_dict() for c in setup.canaries], "rows": rows}
         if cfg.ga_sweep and seed == cfg.seeds[0]:
@@ -135,7 +139,7 @@ def benchmark_cell(cfg: BenchmarkConfig, corpus: str, seed: int, device=None, us
             out["ga_sweep"] = trace_sweep(setup, "gradient_ascent", base, grid["lr"], grid["steps"], candidates=None, progress=progress)
         return out
 
-    return cached_result("benchmark_cell", _cell_key(cfg, corpus, seed), compute, use_cache=use_cache, modules=("experiments/benchmark.py",))
+    return cached_result("benchmark_cell", cell_key(cfg, corpus, seed), compute, use_cache=use_cache, modules=("experiments/benchmark.py",))
 
 
 def run_benchmark(cfg: BenchmarkConfig, device=None, use_cache: bool = True, progress: bool = True) -> dict:
@@ -148,7 +152,7 @@ def run_benchmark(cfg: BenchmarkConfig, device=None, use_cache: bool = True, pro
     with tqdm(jobs, desc="benchmark (corpus x seed)", **progress_options(progress), unit="cell") as bar:
         for corpus, seed in bar:
             bar.set_postfix_str(f"{corpus}, seed {seed}")
-            cells.append(benchmark_cell(cfg, corpus, seed, device, use_cache=use_cache)[0])
+            cells.append(benchmark_cell(cfg, corpus, seed, device, use_cache=use_cache, progress=False)[0])  # this bar shows the time left
     return {"config": cfg.to_dict(), "cells": cells, "summary": summarise(cells), "seconds": time.perf_counter() - start}
 
 

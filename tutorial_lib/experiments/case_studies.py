@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..core.cache import cache_root, cached_result, config_key, load_run, save_run
 from ..core.data import corpus_path, sha256_file
 from ..core.evaluation import compute_perplexity, tokenize_lines
 from ..core.models import make_model
-from ..core.profiles import BANDS, resolve_device
+from ..core.profiles import BANDS, progress_options, resolve_device
 from ..core.tokenization import make_byte_tokenizer
 from ..core.training import train_language_model
 from ..privacy.exposure import compute_exposure
@@ -114,14 +115,16 @@ def extract_passage(model, tokenizer, study: CaseStudy) -> dict:
             "example": {"prefix": text[offsets[0] - cfg.extract_prefix:offsets[0]], "continuation": outs[0], "truth": truth[0]}}
 
 
-def evaluate_pii(model, tokenizer, study: CaseStudy, reference=None, candidates: int | None = None, seed: int = 0) -> dict:
+def evaluate_pii(model, tokenizer, study: CaseStudy, reference=None, candidates: int | None = None, seed: int = 0,
+                 progress: bool = True) -> dict:
     """The personal-data request's measurements for one model: exposure of the subject's secrets
-    (and a member's and an outsider's, for comparison; exact, or among ``candidates``), extraction,
-    membership inference of the subject's records against never-seen people's records (the
-    reference attack with ``reference``) and of the members' records as a baseline, validation
-    perplexity."""
+    (and a member's and an outsider's, for comparison; exact, or among ``candidates``; with bars if
+    ``progress``), extraction, membership inference of the subject's records against never-seen
+    people's records (the reference attack with ``reference``) and of the members' records as a
+    baseline, validation perplexity."""
 
-    out = {"exposure": {c.name: compute_exposure(model, tokenizer, c, candidates=candidates).exposure for c in study.canaries}}
+    out = {"exposure": {c.name: compute_exposure(model, tokenizer, c, candidates=candidates, progress=progress).exposure
+                        for c in study.canaries}}
     out["extraction"] = extract_pii(model, tokenizer, study, seed=seed)
     outsiders = attack_scores(model, tokenizer, study.outsider_lines, reference=reference)  # the non-members of both comparisons
     out["mia_subject"] = summarise_attacks(attack_scores(model, tokenizer, study.subject_lines, reference=reference), outsiders)
@@ -165,7 +168,7 @@ def run_case_study(cfg: CaseStudyConfig, seed: int = 0, device=None, methods: tu
 
         def evaluate(scenario, m, reference=retrained):
             if scenario == "pii":
-                return evaluate_pii(m, tokenizer, study, reference=reference, candidates=candidates, seed=seed)
+                return evaluate_pii(m, tokenizer, study, reference=reference, candidates=candidates, seed=seed, progress=progress)
             return evaluate_passage(m, tokenizer, study)
 
         out = {"subject": study.subject.name, "canaries": [c.to_dict() for c in study.canaries], "passage": study.passage,
@@ -176,11 +179,11 @@ def run_case_study(cfg: CaseStudyConfig, seed: int = 0, device=None, methods: tu
         runs = [(scenario, method, method, forget_sets[scenario]) for scenario in ("pii", "verbatim") for method in methods]
         if "fisher_removal" in methods:
             runs.append(("pii", "fisher_removal", "fisher_removal (secrets only)", study.pii_forget_items("secrets")))
-        for scenario, method, label, forget in runs:
+        for scenario, method, label, forget in tqdm(runs, desc="case studies (request x method)", **progress_options(progress)):
             start = time.perf_counter()
             try:
                 unlearned, report = unlearn(model, tokenizer, forget, study.retain, method, METHODS[method].config.for_profile(cfg.profile),
-                                            n_train=len(study.lines), seed=seed)
+                                            n_train=len(study.lines), seed=seed, progress=progress)
             except UnlearningError as err:  # refused (non-finite or oversized update): reported, not hidden
                 out[scenario][label] = {"error": str(err)}
                 continue

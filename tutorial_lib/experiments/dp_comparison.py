@@ -102,8 +102,9 @@ def run_dp_study(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS
     def evaluate(model, tokenizer, canaries, splits) -> dict:
         val_ids = tokenize_lines(tokenizer, splits.validation)
         val = compute_loss(model, val_ids, cfg.train.block_size, max_blocks=64)
-        return {"exposure": {c.name: compute_exposure(model, tokenizer, c, candidates=candidates).exposure for c in canaries},
-                "val_loss": val, "val_perplexity": math.exp(val)}
+        exposure = {c.name: compute_exposure(model, tokenizer, c, candidates=candidates, progress=progress).exposure
+                    for c in tqdm(canaries, desc="exposure", **progress_options(progress))}
+        return {"exposure": exposure, "val_loss": val, "val_perplexity": math.exp(val)}
 
     def compute():
         run = train_memorization_model(cfg, seed=seed, device=device, progress=progress)
@@ -190,13 +191,13 @@ def run_dp_comparison(cfg: DPComparisonConfig, seed: int = 0, device=None, own_s
     curves, unlearning = {}, {}
     for corpus in tqdm(cfg.corpora, desc="DP-SGD (corpus)", **progress_options(progress)):
         curves[corpus] = run_dp_study(cfg.run_config(corpus), cfg.epsilons, seed, device, cfg.max_grad_norm, progress=False)[0]
-        cell = benchmark_cell(bench, corpus, seed, device)[0]
+        cell = benchmark_cell(bench, corpus, seed, device, progress=False)[0]
         unlearning[corpus] = {"target": cell["target"], "rows": cell["rows"]}
     own = own_unlearning = None
     if cfg.own_scale if own_scale is None else own_scale:
         own_cfg = MemorizationConfig.for_profile(cfg.profile)
         own = run_dp_study(own_cfg, cfg.own_scale_epsilons, seed, device, cfg.max_grad_norm, progress=progress)[0]
-        methods = run_unlearning_methods(own_cfg, seed, device)
+        methods = run_unlearning_methods(own_cfg, seed, device, progress=progress)
         names = {"retrained oracle": "retrained"}
         own_unlearning = {"target": methods["target"], "rows": {names.get(k, k): v for k, v in methods["results"].items()}}
     return {"config": cfg.to_dict(), "seed": seed, "curves": curves, "unlearning": unlearning, "own_scale": own,

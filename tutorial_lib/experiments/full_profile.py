@@ -47,7 +47,7 @@ from ..core.cache import cache_root
 from ..core.canaries import make_canaries
 from ..core.data import load_corpus
 from ..core.evaluation import tokenize_lines
-from ..core.models import ModelConfig, count_parameters, load_pretrained
+from ..core.models import ModelConfig, count_parameters, load_pretrained, transformers_bars_off
 from ..core.tokenization import make_byte_tokenizer
 from ..curvature.per_sample import select_parameters
 from ..unlearning.api import unlearn
@@ -334,8 +334,9 @@ def save_random_model(folder, n_layer: int = 12, n_embd: int = 768, n_head: int 
         model = GPT2LMHeadModel(config)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    with transformers_bars_off():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     return folder
 
 

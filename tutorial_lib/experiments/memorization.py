@@ -211,7 +211,7 @@ def train_memorization_model(cfg: MemorizationConfig, seed: int = 0, device: str
 
     def on_eval(step, current):
         for c in tracked if step < cfg.train.steps else []:
-            trajectory[c.name].append([step, compute_exposure(current, tokenizer, c, device=device).exposure])
+            trajectory[c.name].append([step, compute_exposure(current, tokenizer, c, device=device, progress=progress).exposure])
 
     start = time.perf_counter()
     history = train_language_model(model, train_ids, val_ids, cfg.train, seed=seed, device=device, on_eval=on_eval, progress=progress)
@@ -241,7 +241,7 @@ def run_memorization(cfg: MemorizationConfig, seed: int = 0, device: str | None 
     start = time.perf_counter()
     exposures, estimates = [], []
     for c in tqdm(canaries, desc="exposure", **progress_options(progress)):
-        exposures.append(compute_exposure(model, tokenizer, c, device=device).to_dict())
+        exposures.append(compute_exposure(model, tokenizer, c, device=device, progress=progress).to_dict())
         estimates.append(estimate_exposure(model, tokenizer, c, n_samples=cfg.estimate_samples, seed=seed, device=device).to_dict())
     exposure_seconds = time.perf_counter() - start
     trajectory = {name: list(points) for name, points in record["trajectory"].items()}

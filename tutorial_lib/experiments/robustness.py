@@ -222,17 +222,17 @@ def run_relearning_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_
 
         def measure(m, step):
             m.eval()
-            out = {"step": step, "forgotten": compute_exposure(m, setup.tokenizer, target).exposure}
+            out = {"step": step, "forgotten": compute_exposure(m, setup.tokenizer, target, progress=progress).exposure}
             if step in (0, attack.steps):  # the control and the perplexity before and after the attack
-                out["control"] = compute_exposure(m, setup.tokenizer, control).exposure
+                out["control"] = compute_exposure(m, setup.tokenizer, control, progress=progress).exposure
                 out["val_perplexity"] = math.exp(compute_loss(m, setup.val_ids, block, max_blocks=64))
             return out
 
         models = {"original": setup.model, "retrained": setup.retrained}
         errors = {}
-        for method in cfg.methods:
+        for method in tqdm(cfg.methods, desc="unlearning", **progress_options(progress)):
             try:
-                models[method] = setup.unlearn(method, _defaults(method, run_cfg.profile))[0]
+                models[method] = setup.unlearn(method, _defaults(method, run_cfg.profile), progress=progress)[0]
             except UnlearningError as err:
                 errors[method] = str(err)
         rows = {}
@@ -284,7 +284,7 @@ def run_sequential_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_
             cycle = served["cycles"] % (len(requests) + 1)
             served["cycles"] += 1
             watched = canaries if cycle in (0, len(requests)) else [c for c in canaries if c.name in (names[0], names[cycle - 1])]
-            return {"exposure": {c.name: compute_exposure(m, tokenizer, c).exposure for c in watched},
+            return {"exposure": {c.name: compute_exposure(m, tokenizer, c, progress=progress).exposure for c in watched},
                     "val_perplexity": math.exp(compute_loss(m, val_ids, run_cfg.train.block_size, max_blocks=64))}
 
         cycles, errors = {}, {}
@@ -384,7 +384,8 @@ def run_seed_variation(cfg: RobustnessConfig, device=None, progress: bool = True
     validation perplexity per seed, their mean and std, and the gap to the retrained model's
     exposure on the same seed. Notebook 10, "Sensitivity"."""
     bench = seed_benchmark_config(cfg)
-    cells = [benchmark_cell(bench, cfg.corpus, s, device, progress=progress)[0] for s in bench.seeds]
+    cells = [benchmark_cell(bench, cfg.corpus, s, device, progress=progress)[0]
+             for s in tqdm(bench.seeds, desc="seed variation", **progress_options(progress))]
     out = {}
     for model in ("original", "retrained") + tuple(cfg.methods):
         exposure = [c["rows"][model]["forgotten_exposure"] for c in cells]

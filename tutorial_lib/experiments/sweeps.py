@@ -69,17 +69,17 @@ class UnlearningSetup:
     def retain(self) -> list[str]:
         return self.inserted.retain
 
-    def unlearn(self, method: str, config=None, seed: int | None = None, forget=None, callback=None):
+    def unlearn(self, method: str, config=None, seed: int | None = None, forget=None, callback=None, progress: bool = True):
         """:func:`~tutorial_lib.unlearning.api.unlearn` on this request: ``(new model, report)``."""
         return unlearn(self.model, self.tokenizer, self.forget if forget is None else forget, self.retain, method, config,
-                       n_train=self.n_train, seed=self.seed if seed is None else seed, callback=callback)
+                       n_train=self.n_train, seed=self.seed if seed is None else seed, callback=callback, progress=progress)
 
-    def evaluate(self, model, names=None, candidates: int | None = None, max_blocks: int = 64) -> dict:
+    def evaluate(self, model, names=None, candidates: int | None = None, max_blocks: int = 64, progress: bool = True) -> dict:
         """:func:`~tutorial_lib.unlearning.evaluation.evaluate_unlearning` against the retrained oracle, exposure
         of the canaries in ``names`` (default: the watched ones)."""
         return evaluate_unlearning(model, self.tokenizer, self.canaries, self.val_ids, self.retain_ids, self.forget,
                                    self.cfg.train.block_size, reference=self.retrained, names=self.watch if names is None else names,
-                                   candidates=candidates, max_blocks=max_blocks)
+                                   candidates=candidates, max_blocks=max_blocks, progress=progress)
 
 
 def unlearning_setup(cfg: MemorizationConfig, seed: int = 0, device=None, target: str | None = None, progress: bool = True) -> UnlearningSetup:
@@ -110,7 +110,8 @@ def reference_points(cfg: MemorizationConfig, seed: int = 0, device=None, use_ca
     watched canaries over the whole space), cached: ``({"original", "oracle", "watch"}, from_cache)``."""
     def compute():
         setup = unlearning_setup(cfg, seed, device, progress=progress)
-        return {"watch": setup.watch, "original": setup.evaluate(setup.model), "oracle": setup.evaluate(setup.retrained)}
+        return {"watch": setup.watch, "original": setup.evaluate(setup.model, progress=progress),
+                "oracle": setup.evaluate(setup.retrained, progress=progress)}
 
     return cached_result("reference_points", {"run": cfg.to_dict(), "seed": seed}, compute, use_cache=use_cache)
 
@@ -132,12 +133,12 @@ def sweep_unlearning(setup: UnlearningSetup, method: str, base, grid: dict[str, 
     rows = []
     for params in tqdm(points, desc=f"{method} sweep", **progress_options(progress)):
         try:
-            unlearned, report = setup.unlearn(method, dataclasses.replace(base, **params))
+            unlearned, report = setup.unlearn(method, dataclasses.replace(base, **params), progress=progress)
         except UnlearningError as err:
             rows.append({"params": params, "error": str(err)})
             continue
         rows.append({"params": params, "seconds": report.seconds, "update_norm": report.update_norm,
-                     **setup.evaluate(unlearned, names=[setup.target.name], candidates=candidates)})
+                     **setup.evaluate(unlearned, names=[setup.target.name], candidates=candidates, progress=progress)})
     return rows
 
 
@@ -159,11 +160,12 @@ def trace_sweep(setup: UnlearningSetup, method: str, base, lrs: list[float], che
             if step in stops:
                 tick = time.perf_counter()
                 rows.append({"params": {"lr": lr, "steps": step}, "seconds": tick - clock["start"] - clock["evaluating"],
-                             **setup.evaluate(model, names=[setup.target.name], candidates=candidates, max_blocks=max_blocks)})
+                             **setup.evaluate(model, names=[setup.target.name], candidates=candidates, max_blocks=max_blocks,
+                                              progress=progress)})
                 clock["evaluating"] += time.perf_counter() - tick
 
         try:
-            setup.unlearn(method, dataclasses.replace(base, lr=lr, steps=stops[-1]), callback=record)
+            setup.unlearn(method, dataclasses.replace(base, lr=lr, steps=stops[-1]), callback=record, progress=progress)
         except UnlearningError as err:
             rows.append({"params": {"lr": lr, "steps": stops[-1]}, "error": str(err)})
     return rows
@@ -209,7 +211,8 @@ def _sweep_study(name: str, cfg: MemorizationConfig, method: str, base, grid: di
     def compute():
         setup = unlearning_setup(cfg, seed, device, progress=progress)
         target = setup.target.name
-        original, oracle = (setup.evaluate(m, names=[target], candidates=candidates) for m in (setup.model, setup.retrained))
+        original, oracle = (setup.evaluate(m, names=[target], candidates=candidates, progress=progress)
+                            for m in (setup.model, setup.retrained))
         rows = run(setup) if run else sweep_unlearning(setup, method, base, grid, candidates, progress)
         return {"method": method, "target": target, "candidates": candidates, "base": dataclasses.asdict(base), "grid": grid,
                 "original": original, "oracle": oracle, "rows": rows, "chosen": choose_setting(rows, target, original, oracle, prefer=prefer)}
@@ -257,23 +260,23 @@ def run_baseline_sweep(cfg: MemorizationConfig, method: str, seed: int = 0, devi
                         run=lambda setup: trace_sweep(setup, method, base, grid["lr"], grid["steps"], candidates, progress=progress))
 
 
-def run_unlearning_methods(cfg, seed: int = 0, device=None, methods: tuple[str, ...] | None = None, use_cache: bool = True) -> dict:
+def run_unlearning_methods(cfg, seed: int = 0, device=None, methods: tuple[str, ...] | None = None, use_cache: bool = True,
+                           progress: bool = True) -> dict:
     """Notebooks 04–06 on one request: forget the most-inserted canary with every method at its
     profile default (Fisher Removal, Fisher Forgetting and the first-order baselines) and compare
     each with the retrained oracle on the watched canaries (exact exposure of the forgotten one, the
-    other inserted ones and a control), perplexity, KL and wall time. Cached like the studies."""
+    other inserted ones and a control), perplexity, KL and wall time. Cached like the studies;
+    ``progress``: a bar over the methods (and the training and exposure bars inside it)."""
 
     methods = tuple(methods or METHODS)
 
     def compute():
-        pass
-
-        setup = unlearning_setup(cfg, seed, device, progress=False)
-        references, _ = reference_points(cfg, seed, device, progress=False)
+        setup = unlearning_setup(cfg, seed, device, progress=progress)
+        references, _ = reference_points(cfg, seed, device, progress=progress)
         rows, reports = {"original": references["original"], "retrained oracle": references["oracle"]}, {}
-        for method in methods:
-            unlearned, report = setup.unlearn(method, METHODS[method].config.for_profile(cfg.profile))
-            rows[method] = setup.evaluate(unlearned)
+        for method in tqdm(methods, desc="unlearning methods", **progress_options(progress)):
+            unlearned, report = setup.unlearn(method, METHODS[method].config.for_profile(cfg.profile), progress=progress)
+            rows[method] = setup.evaluate(unlearned, progress=progress)
             reports[method] = report.to_dict()
         return {"target": setup.target.name, "canaries": [c.to_dict() for c in setup.canaries if c.name in setup.watch],
                 "reports": reports, "retrain_seconds": setup.retrain_seconds, "results": rows}

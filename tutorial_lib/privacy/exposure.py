@@ -11,8 +11,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..core.canaries import Canary
+from ..core.profiles import progress_options
 
 LN2 = math.log(2.0)
 
@@ -173,16 +175,26 @@ def _kv_chunk(model, n_layers: int, prefix_len: int, depth: int, budget_bytes: f
     return max(1, int(budget_bytes // bytes_per_row))
 
 
+def _scored_before(trie: CandidateTrie, level: int) -> np.ndarray:
+    """``out[j]``: how many candidates end at one of the first ``j`` nodes at depth ``level + 1``
+    (their score is complete once those nodes are), for the progress bar."""
+    ends = trie.depth == level + 1
+    return np.concatenate([[0], np.cumsum(np.bincount(trie.node_of[level][ends], minlength=len(trie.tokens[level])))])
+
+
 @torch.no_grad()
-def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float = 64.0) -> np.ndarray:
+def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float = 64.0, progress: bool = True,
+               desc: str = "scoring candidates") -> np.ndarray:
     """Log-perplexity in bits, ``sum_i -log2 P(x_i | x_<i)``, of every candidate in ``trie``: the shared
     token prefix runs once, then every internal trie node costs one forward position, reusing the
-    key/value cache of its parent. Notebook 03, "Exact exposure through a trie"."""
+    key/value cache of its parent. ``progress``: a bar (``desc``) over the candidates scored, cleared
+    when done inside another bar. Notebook 03, "Exact exposure through a trie"."""
     from transformers import DynamicCache
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
+    bar = tqdm(total=trie.n_candidates, desc=desc, unit="candidate", unit_scale=True, leave=None, **progress_options(progress))
     try:
         tokens, parents, node_of = trie.tokens, trie.parents, trie.node_of
         shared = len(trie.shared_ids)
@@ -194,6 +206,8 @@ def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float 
         prefix_cache = [(layer.keys, layer.values) for layer in out.cache.layers]
         n_layers = len(prefix_cache)
         node_logp = [logp[-1, torch.as_tensor(tokens[0], device=device)].cpu().numpy()]
+        if not bar.disable:
+            bar.update(int(_scored_before(trie, 0)[-1]))
         parent_kv = None  # suffix key/values of the internal nodes one level up
         for level in range(1, depth_max):
             child_parent = parents[level]  # sorted: np.unique orders children by parent
@@ -204,6 +218,7 @@ def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float 
             child_logp = np.empty(len(child_parent), dtype=np.float64)
             new_kv = None
             chunk = _kv_chunk(model, n_layers, shared, level, memory_budget_mb * 2**20)
+            scored = None if bar.disable else _scored_before(trie, level)
             for start in range(0, len(internal), chunk):
                 nodes = internal[start : start + chunk]
                 c = len(nodes)
@@ -223,6 +238,8 @@ def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float 
                 rows = torch.as_tensor(internal_pos[child_parent[lo:hi]] - start, device=device)
                 cols = torch.as_tensor(tokens[level][lo:hi], device=device)
                 child_logp[lo:hi] = node_logp[level - 1][child_parent[lo:hi]] + lsm[rows, cols].cpu().numpy()
+                if scored is not None:
+                    bar.update(int(scored[hi] - scored[lo]))
                 if keep_kv:
                     if new_kv is None:
                         new_kv = ([], [], internal_pos)
@@ -240,21 +257,24 @@ def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float 
             total[ends] -= node_logp[level - 1][node_of[level - 1][ends]]
         return total / LN2
     finally:
+        bar.close()
         model.train(was_training)
 
 
-def score_candidates(model, tokenizer, texts: list[str], device=None) -> np.ndarray:
+def score_candidates(model, tokenizer, texts: list[str], device=None, progress: bool = True) -> np.ndarray:
     """Log-perplexity in bits of every text (tokenized whole), scored through their token trie."""
-    return score_trie(model, build_trie(tokenizer, texts), device=device)
+    return score_trie(model, build_trie(tokenizer, texts), device=device, progress=progress)
 
 
 @torch.no_grad()
-def score_candidates_bruteforce(model, tokenizer, texts: list[str], device=None, batch_size: int = 512) -> np.ndarray:
+def score_candidates_bruteforce(model, tokenizer, texts: list[str], device=None, batch_size: int = 512, progress: bool = True,
+                                desc: str = "scoring candidates") -> np.ndarray:
     """The naive way: every text scored as its own full sequence (same tokens as :func:`score_candidates`).
     Ground truth for the trie and the baseline in ``bench/``. Notebook 03, "Exact exposure through a trie"."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
+    bar = tqdm(total=len(texts), desc=desc, unit="candidate", unit_scale=True, leave=None, **progress_options(progress))
     try:
         array, lengths, _ = _encode(tokenizer, texts)
         out = np.empty(len(texts), dtype=np.float64)
@@ -266,8 +286,10 @@ def score_candidates_bruteforce(model, tokenizer, texts: list[str], device=None,
             target = ids[:, 1:].clamp(min=0)
             nll = -logp.gather(2, target[..., None])[..., 0] * mask[:, 1:]
             out[start : start + len(ids)] = nll.sum(1).cpu().numpy()
+            bar.update(len(ids))
         return out / LN2
     finally:
+        bar.close()
         model.train(was_training)
 
 
@@ -316,7 +338,7 @@ def canary_trie(tokenizer, canary: Canary, context: str = "\n", secrets: list[st
 
 def compute_exposure(
     model, tokenizer, canary: Canary, context: str = "\n", device=None, method: str = "trie",
-    candidates: int | None = None, seed: int = 0,
+    candidates: int | None = None, seed: int = 0, progress: bool = True,
 ) -> ExposureResult:
     """Exact exposure of ``canary``: score all |R| candidates (``method`` "trie" or "bruteforce"),
     rank the true secret. ``context`` is the text before the canary (a line start in training).
@@ -326,7 +348,8 @@ def compute_exposure(
     the full exposure while that is well below ``log2(candidates)`` bits, where it saturates. The
     saving is less than ``candidates/|R|``, because a random sample shares fewer trie prefixes:
     at the small profile 10⁵ of 10⁶ six-digit secrets score in 6.5 s against 9.7 s, 10⁴ in about
-    2 s. The sweeps of notebooks 04 to 06 use 10⁴.
+    2 s. The sweeps of notebooks 04 to 06 use 10⁴. ``progress``: a bar over the candidates scored
+    (about 11 s for 10⁶ at the small profile), cleared when done inside another bar.
     Notebook 03, "Exposure"."""
     if method not in ("trie", "bruteforce"):
         raise ValueError(f"unknown exposure method {method!r}; expected 'trie' or 'bruteforce'")
@@ -342,11 +365,12 @@ def compute_exposure(
         others = rng.choice(space.size - 1, size=candidates - 1, replace=False)
         others = np.sort(others + (others >= index))  # skip the secret's own index
         secrets, position = [space.secret(int(i)) for i in others] + [canary.secret], candidates - 1
+    desc = f"exposure of {canary.name}" if canary.name else "exposure"
     if method == "trie":
-        scores = score_trie(model, canary_trie(tokenizer, canary, context, secrets), device=device)
+        scores = score_trie(model, canary_trie(tokenizer, canary, context, secrets), device=device, progress=progress, desc=desc)
     else:
         texts = canary_texts(canary, context) if secrets is None else [context + canary.prefix + s + canary.suffix for s in secrets]
-        scores = score_candidates_bruteforce(model, tokenizer, texts, device=device)
+        scores = score_candidates_bruteforce(model, tokenizer, texts, device=device, progress=progress, desc=desc)
     rank, exposure = exposure_from_scores(scores, position)
     return ExposureResult(
         canary.name, canary.insertions, canary.secret, exposure, rank, len(scores),
@@ -382,7 +406,7 @@ def estimate_exposure(
     rng = np.random.default_rng(seed)
     picks = rng.choice(space.size, size=min(n_samples, space.size), replace=False)
     secrets = [space.secret(int(i)) for i in picks] + [canary.secret]
-    scores = score_trie(model, canary_trie(tokenizer, canary, context, secrets), device=device)
+    scores = score_trie(model, canary_trie(tokenizer, canary, context, secrets), device=device, progress=False)
     shape, loc, scale = stats.skewnorm.fit(scores[:-1])
     log_cdf = stats.skewnorm.logcdf(scores[-1], shape, loc=loc, scale=scale)
     return ExposureEstimate(canary.name, float(-log_cdf / LN2), len(picks), float(shape), float(loc), float(scale))

@@ -67,14 +67,15 @@ METHODS: dict[str, Method] = {
 
 
 def unlearn(model, tokenizer, forget, retain=None, method: str = "fisher_removal", config=None, n_train: int | None = None,
-            seed: int = 0, inplace: bool = False, callback: Callable | None = None):
+            seed: int = 0, inplace: bool = False, callback: Callable | None = None, progress: bool = True):
     """Make ``model`` forget ``forget``; returns ``(new_model, report)``.
 
     ``config`` is the method's config (default: its defaults); ``n_train`` the number n of training
     examples (default: retain items + forget items). The model passed in is not modified unless
     ``inplace``; on any error it keeps its weights. ``callback(step, model) -> dict`` runs after
     every update (repeat or optimiser step); what it returns is kept in
-    ``report.diagnostics["trace"]``."""
+    ``report.diagnostics["trace"]``. ``progress``: a bar over the updates (cleared when done if it
+    runs inside another bar, e.g. a sweep's). Notebook 04, "Fisher Removal, default settings"."""
     if method not in METHODS:
         raise ValueError(f"unknown unlearning method {method!r}; expected one of {', '.join(METHODS)}")
     spec = METHODS[method]
@@ -93,8 +94,9 @@ def unlearn(model, tokenizer, forget, retain=None, method: str = "fisher_removal
     diagnostics: dict = {"per_repeat": []}
     state: dict = {}
     callback_seconds = 0.0
+    bar = tqdm(range(cfg.repeats), desc=method, unit="update", leave=None, **progress_options(progress))
     try:
-        for r in range(cfg.repeats):
+        for r in bar:
             update, diag = spec.update(work, data, space, cfg, seed + r, state)
             norm = float(update.norm())
             if not math.isfinite(norm):
@@ -116,6 +118,8 @@ def unlearn(model, tokenizer, forget, retain=None, method: str = "fisher_removal
         _restore(work, space, before)
         work.train(was_training)
         raise
+    finally:
+        bar.close()
     work.train(was_training)
     report = UnlearningReport(
         method=method, config=asdict(cfg), updated=list(space.names), n_parameters=space.dim,
@@ -143,7 +147,8 @@ def repeated_unlearning(model, tokenizer, requests, retain, method: str, config,
     rows = [{"cycle": 0, "request": None, "seconds": 0.0, **evaluate(model)}]
     current = model
     for cycle, (name, items) in enumerate(tqdm(requests, desc=f"{method} cycles", **progress_options(progress)), start=1):
-        current, report = unlearn(current, tokenizer, items, retain, method, config, n_train=n_train, seed=seed + 1000 * cycle)
+        current, report = unlearn(current, tokenizer, items, retain, method, config, n_train=n_train, seed=seed + 1000 * cycle,
+                                  progress=progress)
         n_train -= report.k
         rows.append({"cycle": cycle, "request": name, "seconds": report.seconds, "update_norm": report.update_norm, **evaluate(current)})
     return current, rows

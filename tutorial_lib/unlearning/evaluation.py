@@ -37,14 +37,14 @@ def next_token_kl(model, reference, ids: torch.Tensor, block_size: int, max_bloc
 
 
 def evaluate_unlearning(model, tokenizer, canaries, val_ids, retain_ids, forget_items, block_size: int,
-                        reference=None, names=None, max_blocks: int = 64, candidates: int | None = None) -> dict:
+                        reference=None, names=None, max_blocks: int = 64, candidates: int | None = None, progress: bool = True) -> dict:
     """Everything a method reports: exact exposure of each canary in ``names`` (default all; among
-    ``candidates`` sampled secrets if given, see :func:`~tutorial_lib.privacy.exposure.compute_exposure`),
-    validation and retain perplexity, loss on the forget items, and KL of next-token predictions
-    from ``reference`` (the retrained model) on validation text."""
+    ``candidates`` sampled secrets if given, see :func:`~tutorial_lib.privacy.exposure.compute_exposure`,
+    with its bar if ``progress``), validation and retain perplexity, loss on the forget items, and KL
+    of next-token predictions from ``reference`` (the retrained model) on validation text."""
 
     model.eval()
-    out = {"exposure": {c.name: compute_exposure(model, tokenizer, c, candidates=candidates).exposure
+    out = {"exposure": {c.name: compute_exposure(model, tokenizer, c, candidates=candidates, progress=progress).exposure
                         for c in canaries if names is None or c.name in names}}
     out["val_loss"] = compute_loss(model, val_ids, block_size, max_blocks=max_blocks)
     out["val_perplexity"] = math.exp(out["val_loss"])
