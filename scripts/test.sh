@@ -6,8 +6,9 @@
 # Where the time goes: the cache warm-up runs the notebooks' models and studies in one worker process per
 # core (one torch thread each); then the library tests and the notebooks run side by side, one torch thread
 # each, their logs printed when both are done. With $TUTORIAL_ALSO_PYTHON set (CI sets the newest Python on
-# the machine, e.g. python3.13), the fast library tests (-m "not slow") also run under that Python, in
-# .venv-<name>, installed in the background while the cache warms. The run ends with a time breakdown.
+# the machine, e.g. a python3.13), the fast library tests (-m "not slow") also run under that Python, in
+# .venv-py<version>, installed in the background while the cache warms, and started when the first of the two
+# others is done. The run ends with a time breakdown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 logs="$(mktemp -d "${TMPDIR:-/tmp}/tutorial-test.XXXXXX")"
@@ -25,8 +26,10 @@ mark() {  # mark LABEL: the time since the previous mark, into the breakdown
 
 also="${TUTORIAL_ALSO_PYTHON:-}"
 if [ -n "$also" ]; then  # its environment installs in the background (mostly downloads) while the cache warms
-  echo "installing the environment for $also in .venv-$also in the background (log: $logs/also-env.log)"
-  ( rc=0; TUTORIAL_VENV=".venv-$also" TUTORIAL_PYTHON="$also" bash -c 'source scripts/_env.sh' > "$logs/also-env.log" 2>&1 || rc=$?
+  also_version="$("$also" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+  also_venv=".venv-py$also_version"
+  echo "installing the environment for Python $also_version ($also) in $also_venv in the background"
+  ( rc=0; TUTORIAL_VENV="$also_venv" TUTORIAL_PYTHON="$also" bash -c 'source scripts/_env.sh' > "$logs/also-env.log" 2>&1 || rc=$?
     echo "$rc" > "$logs/also-env.rc" ) &
 fi
 
@@ -59,24 +62,12 @@ fi
 "$PY" -m tutorial_lib.course.warm_cache --profile "$TUTORIAL_PROFILE" --report "$logs/warm.tsv"
 mark "warm-up of the cache (by item below)"
 
-lane_start=$(date +%s)
 # (MPLBACKEND unset: the notebooks' kernels then draw figures inline, so the executed notebooks and pages hold them)
 ( t=$(date +%s); rc=0
   OMP_NUM_THREADS=1 TUTORIAL_JOBS=1 "$PY" -m pytest tests -p no:cacheprovider --durations=15 \
     --ignore=tests/course/test_course_html.py "$@" > "$logs/library.log" 2>&1 || rc=$?
   echo "$rc $(( $(date +%s) - t ))" > "$logs/library.rc"
-  if [ -n "$also" ]; then
-    t=$(date +%s)
-    while [ ! -f "$logs/also-env.rc" ]; do sleep 2; done
-    rc=0
-    if [ "$(cat "$logs/also-env.rc")" = 0 ]; then
-      OMP_NUM_THREADS=1 TUTORIAL_JOBS=1 ".venv-$also/bin/python" -m pytest tests -m "not slow" -p no:cacheprovider -q \
-        --ignore=tests/course/test_course_html.py "$@" > "$logs/also.log" 2>&1 || rc=$?
-    else
-      cp "$logs/also-env.log" "$logs/also.log"; rc=1
-    fi
-    echo "$rc $(( $(date +%s) - t ))" > "$logs/also.rc"
-  fi ) &
+ ) &
 library_pid=$!
 ( t=$(date +%s); rc=0
   OMP_NUM_THREADS=1 env -u MPLBACKEND TUTORIAL_EXECUTED_DIR="$executed" "$PY" -m pytest notebooks --nbval --nbval-current-env \
@@ -87,9 +78,22 @@ library_pid=$!
     > "$logs/pages.log" 2>&1 || rc=$?
   echo "$rc $(( $(date +%s) - t ))" > "$logs/pages.rc" ) &
 notebooks_pid=$!
-echo "library tests and notebooks running side by side (one torch thread each) ..."
-wait "$library_pid" "$notebooks_pid" || true
-mark "library tests and notebooks, side by side (by part below)"
+echo "library tests and notebooks running side by side (one torch thread each; logs printed when both are done) ..."
+if [ -n "$also" ]; then  # the fast tests under the other Python start when the first of the two is done
+  wait -n "$library_pid" "$notebooks_pid" || true
+  ( t=$(date +%s)
+    while [ ! -f "$logs/also-env.rc" ]; do sleep 2; done
+    rc=0
+    if [ "$(cat "$logs/also-env.rc")" = 0 ]; then
+      OMP_NUM_THREADS=1 TUTORIAL_JOBS=1 "$also_venv/bin/python" -m pytest tests -m "not slow" -p no:cacheprovider -q \
+        --ignore=tests/course/test_course_html.py "$@" > "$logs/also.log" 2>&1 || rc=$?
+    else
+      cp "$logs/also-env.log" "$logs/also.log"; rc=1
+    fi
+    echo "$rc $(( $(date +%s) - t ))" > "$logs/also.rc" ) &
+fi
+wait || true
+mark "the tests, two at a time, one torch thread each (by part below)"
 
 status=0
 parts=()
@@ -99,7 +103,7 @@ for part in library also notebooks pages; do
   read -r rc seconds < "$logs/$part.rc"
   case $part in
     library) title="library tests (Python $("$PY" -c 'import sys; print(sys.version.split()[0])'))" ;;
-    also) title="fast library tests under $also" ;;
+    also) title="fast library tests (-m \"not slow\") under Python $also_version" ;;
     notebooks) title="notebooks under nbval (profile $TUTORIAL_PROFILE)" ;;
     pages) title="HTML pages in Chromium" ;;
   esac

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -200,9 +201,12 @@ def test_python_m_tutorial_lib_lists_every_command():
     done = subprocess.run([sys.executable, "-m", "tutorial_lib"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")]
-    assert listed == list(commands.COMMANDS) == ["reproduce", "warm", "student", "html", "full-profile", "unlearn", "data"]
+    assert listed == list(commands.COMMANDS) + [name for name, _, _ in commands.SCRIPTS]
+    assert list(commands.COMMANDS) == ["reproduce", "warm", "student", "html", "full-profile", "unlearn", "data"]
     for command in commands.COMMANDS.values():
         assert command.what in done.stdout and command.direct in done.stdout
+    for name, _, direct in commands.SCRIPTS:  # the shell commands exist in the repository
+        assert (Path(commands.__file__).resolve().parents[2] / direct.split()[-1]).is_file(), name
 
 
 @pytest.mark.parametrize("name", list(commands.COMMANDS))

@@ -165,12 +165,19 @@ COMMANDS = {
 
 DATA_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_data.py"
 
+#: the repository's shell commands, listed after :data:`COMMANDS` (they make the environment first)
+SCRIPTS = (("lab", "open the course in JupyterLab with the project's kernel", "bash scripts/lab.sh"),
+           ("test", "every test: library, notebooks, HTML pages; a time breakdown", "bash scripts/test.sh"),
+           ("reproduce", "the reproduction, environment included", "bash scripts/reproduce.sh"))
+
 
 def command_list() -> str:
     """What ``python -m tutorial_lib`` prints: every command with one line."""
     width, text = max(map(len, COMMANDS)) + 2, max(len(c.what) for c in COMMANDS.values()) + 2
     lines = ["python -m tutorial_lib COMMAND [ARGS]  (COMMAND --help for its options)", "", "commands:"]
     lines += [f"  {name:<{width}}{c.what:<{text}}{c.direct}" for name, c in COMMANDS.items()]
+    lines += ["", "in the project's repository, each setting itself up on a fresh machine:"]
+    lines += [f"  {name:<{width}}{what:<{text}}{direct}" for name, what, direct in SCRIPTS]
     return "\n".join(lines)
 
 

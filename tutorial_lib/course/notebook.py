@@ -8,19 +8,26 @@ import torch
 
 from .._version import __version__
 from ..core.plotting import use_style
-from ..core.profiles import resolve_device, resolve_profile
+from ..core.cache import cache_root
+from ..core.profiles import profile_reason, resolve_device, resolve_profile
 
 
 @dataclass(frozen=True)
 class NotebookSetup:
+    """What a notebook runs with: the profile (and why it was picked), the device, the seed, the cache
+    folder that every notebook, the tests and the reproduction share, and the library versions."""
+
     profile: str
     device: str
     seed: int
     versions: dict
+    reason: str = ""
+    cache: str = ""
 
     def summary(self) -> str:
         libs = ", ".join(f"{k} {v}" for k, v in self.versions.items())
-        return f"profile={self.profile}  device={self.device}  seed={self.seed}\n{libs}"
+        return (f"{self.reason or f'profile {self.profile!r}'}  device={self.device}  seed={self.seed}\n"
+                f"cache: {self.cache} (python -m tutorial_lib.course.warm_cache fills it; $TUTORIAL_CACHE_DIR moves it)\n{libs}")
 
 
 def library_versions() -> dict:
@@ -45,7 +52,8 @@ def library_versions() -> dict:
 def setup_notebook(profile: str | None = None, seed: int = 0, device: str | None = None, quiet: bool = False) -> NotebookSetup:
     """Resolve profile and device, set the plot style, print what was chosen. Notebook 00, "Setup"."""
 
-    setup = NotebookSetup(resolve_profile(profile), resolve_device(device), seed, library_versions())
+    setup = NotebookSetup(resolve_profile(profile), resolve_device(device), seed, library_versions(), profile_reason(profile),
+                          str(cache_root()))
     use_style()
     if not quiet:
         print(setup.summary())
