@@ -142,7 +142,7 @@ def test_for_profile_names_an_unknown_override(name):
 
 def test_the_profile_tables_keep_their_values():
     assert ModelConfig.for_profile("tiny") == ModelConfig(n_layer=2, n_embd=64, n_head=4, n_positions=64)
-    assert TrainConfig.for_profile("small") == TrainConfig(steps=400, eval_every=200, eval_steps=(50, 100))
+    assert TrainConfig.for_profile("small") == TrainConfig(steps=800, eval_every=200, eval_steps=(50, 100))
     assert NewtonConfig.for_profile("small") == NewtonConfig()
     assert CONFIGS["GradientAscentConfig"].for_profile("full") == CONFIGS["GradientAscentConfig"].for_profile("small")
     ff = CONFIGS["FisherForgettingConfig"].for_profile("tiny")

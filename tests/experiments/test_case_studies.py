@@ -73,7 +73,7 @@ def test_the_case_study_runs_at_the_model_scale():
     assert CaseStudyConfig.for_profile("small") == CaseStudyConfig.for_profile("tiny")
     tiny, full = CaseStudyConfig.for_profile("tiny"), CaseStudyConfig.for_profile("full")
     assert (tiny.secret_length, tiny.train.steps, tiny.train.eval_steps) == (4, 3 * 150, ())  # three times the canary runs' steps
-    assert (full.secret_length, full.train.steps, full.model.n_embd) == (6, 400, 96)
+    assert (full.secret_length, full.train.steps, full.model.n_embd) == (6, 800, 96)
     assert CaseStudyConfig.for_profile("small", subject_repeats=2).subject_repeats == 2
 
 

@@ -34,7 +34,7 @@ class TrainConfig:
     PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
         "tiny": {"steps": 150, "batch_size": 16, "block_size": 64, "lr": 5e-3, "warmup_steps": 10, "eval_every": 50,
                  "eval_blocks": 16, "eval_steps": (25,)},
-        "small": {"steps": 400, "eval_every": 200, "eval_steps": (50, 100)},
+        "small": {"steps": 800, "eval_every": 200, "eval_steps": (50, 100)},
         "full": {"steps": 4000, "batch_size": 64, "block_size": 256, "lr": 1e-3, "warmup_steps": 200, "eval_every": 500,
                  "eval_blocks": 128, "eval_steps": (100, 250)},
     }
