@@ -64,7 +64,8 @@ def default_jobs(device: str | None = None) -> int:
         if jobs < 1:
             raise ValueError(f"${JOBS_ENV} must be a whole number of at least 1, got {os.environ[JOBS_ENV]!r}")
         return jobs
-    if device is not None and str(device).startswith("cuda") or device is None and torch.cuda.is_available():
+    on_gpu = str(device).startswith("cuda") if device is not None else torch.cuda.is_available()
+    if on_gpu:
         return 1
     return max(1, min(4, os.cpu_count() or 1))
 
