@@ -53,8 +53,13 @@ def test_every_study_waits_for_the_models_it_shares(profile, reproduction):
     for job in jobs[3:]:
         assert all(labels.index(n) < labels.index(job.label) for n in job.needs)
     for label in labels[3:]:  # the small-model studies wait for the two small models
-        if label.startswith(("notebook 04", "notebook 05: noise", "notebook 06", "reproduction")):
+        if label.startswith(("notebook 04", "notebook 05: noise", "notebook 06", "reproduction: unlearning")):
             assert {run, oracle} <= set(by_label[label].needs), label
+    assert by_label["notebook 03: exact exposure and estimates"].needs == (run,)
+    for label in labels:  # the profile's own DP study waits for the non-private run and its DP-SGD models, which need nothing
+        if label.startswith("reproduction: DP-SGD at"):
+            models = [n for n in labels if n.startswith("reproduction: DP-SGD model")]
+            assert by_label[label].needs == (run, *models) and models and all(not by_label[m].needs for m in models), label
     for label in labels:  # a DP run, the relearning attack and the sensitivity study reuse a benchmark cell's model
         if label.startswith(("notebook 08", "notebook 10: relearning", "notebook 10: sensitivity")):
             assert any(n.startswith("benchmark,") for n in by_label[label].needs), label

@@ -74,6 +74,57 @@ def test_trie_equals_bruteforce_bpe_with_multi_digit_pieces(bpe_tokenizer, lengt
     np.testing.assert_allclose(whole, brute, rtol=0, atol=1e-9)
 
 
+def _tiny_llama(vocab: int):
+    """A two-layer Llama with grouped key heads (4 query heads over 2 key/value heads) and rotary positions."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).double().eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_shared_prefix_attention_is_used_and_equals_the_plain_cache(byte_tokenizer, family, monkeypatch):
+    """The trie's nodes attend to one copy of the prefix (a registered attention function): the scores equal
+    those of the plain cached forward and of brute force, on GPT-2 and on a grouped-head, rotary Llama, and
+    the model's own attention is back afterwards."""
+    from tutorial_lib.privacy import exposure
+
+    model = _model(byte_tokenizer) if family == "gpt2" else _tiny_llama(len(byte_tokenizer))
+    own = model.config._attn_implementation
+    calls = []
+    original = exposure._shared_prefix_attention
+    monkeypatch.setattr(exposure, "_shared_prefix_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+    canary = Canary("the secret number of bob is {secret}", "042", space=RandomnessSpace(3))
+    trie = canary_trie(byte_tokenizer, canary)
+    shared = score_trie(model, trie, memory_budget_mb=0.01)  # several batches per level
+    assert calls, "the shared-prefix attention was not used"
+    assert model.config._attn_implementation == own
+    plain = score_trie(model, trie, shared_prefix=False)
+    brute = score_candidates_bruteforce(model, byte_tokenizer, canary_texts(canary))
+    np.testing.assert_allclose(shared, plain, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(shared, brute, rtol=0, atol=1e-9)
+
+
+def test_shared_prefix_attention_falls_back_where_it_disagrees(byte_tokenizer, monkeypatch):
+    """A shared-prefix attention that gets the numbers wrong is caught on the first batch, and the plain
+    cached forward scores everything."""
+    from tutorial_lib.privacy import exposure
+
+    original = exposure._shared_prefix_attention
+
+    def wrong(*args, **kwargs):
+        out, weights = original(*args, **kwargs)
+        return out + 0.5, weights
+
+    monkeypatch.setattr(exposure, "_shared_prefix_attention", wrong)
+    model = _model(byte_tokenizer)
+    canary = Canary("the secret number of bob is {secret}", "042", space=RandomnessSpace(3))
+    brute = score_candidates_bruteforce(model, byte_tokenizer, canary_texts(canary))
+    np.testing.assert_allclose(score_trie(model, canary_trie(byte_tokenizer, canary)), brute, rtol=0, atol=1e-9)
+
+
 def test_trie_visits_far_fewer_positions_than_candidates_times_length(byte_tokenizer):
     canary = Canary("the secret number of bob is {secret}", "0000", space=RandomnessSpace(4))
     trie = canary_trie(byte_tokenizer, canary)

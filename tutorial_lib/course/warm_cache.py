@@ -6,9 +6,8 @@ this before the notebooks; an instructor runs it before a lecture):
 
 The models: notebook 03's memorisation run, notebook 04's retrained oracle (without the most-inserted
 canary) and the sequential-requests run of notebooks 05 and 10 (four canaries per insertion count,
-4-digit secrets). The studies: notebook 04's Fisher Removal sweep, notebook 05's noise sweep, the
-sequential requests,
-notebook 06's learning-rate × steps sweeps of the four first-order baselines, notebook 07's
+4-digit secrets). The studies: notebook 03's exact exposures and estimates, notebook 04's Fisher
+Removal sweep, notebook 05's noise sweep, the sequential requests, notebook 06's learning-rate × steps sweeps of the four first-order baselines, notebook 07's
 one-seed benchmark table (the reproduction computes all seeds) and notebook 08's DP-SGD runs on the
 benchmark's models (the reproduction adds the profile's own model), notebook 09's case studies and
 notebook 10's relearning attack and sensitivity (with the benchmark's cells for the other seeds).
@@ -27,9 +26,11 @@ from ..core.profiles import profile_reason, resolve_profile
 from ..experiments.benchmark import BenchmarkConfig, benchmark_cell, cell_key
 from ..experiments.case_studies import run_case_study
 from ..experiments.case_study_data import CaseStudyConfig
-from ..experiments.dp_comparison import DPComparisonConfig, run_dp_study
+from ..experiments.dp_comparison import DPComparisonConfig, run_dp_study, train_dp_model
+from ..privacy.dp import DPConfig
 from ..experiments.memorization import (
     MemorizationConfig,
+    run_memorization,
     train_memorization_model,
     train_retrained_model,
 )
@@ -68,8 +69,16 @@ def warm_jobs(profile: str | None = None, seed: int = 0, device: str | None = No
             Job(sequential_run, train_memorization_model, (robust.sequential_run_config(), seed, device), quiet)]
     if not studies:
         return jobs
+    dp = DPComparisonConfig.for_profile(profile)
+    own_dp = []  # the reproduction's DP-SGD models at the profile's own scale: long, and they need nothing else
+    if reproduction and dp.own_scale:
+        for eps in dp.own_scale_epsilons:
+            own_dp.append(f"reproduction: DP-SGD model at epsilon {eps:g}, {profile}-scale")
+            jobs.append(Job(own_dp[-1], train_dp_model, (cfg, DPConfig(target_epsilon=eps, max_grad_norm=dp.max_grad_norm), seed, device),
+                            quiet))
     # ready jobs start in the order of this list: long ones early, so that the last to finish are short
-    jobs += [Job("notebook 09: case studies", run_case_study, (CaseStudyConfig.for_profile(profile), seed, device), quiet),
+    jobs += [Job("notebook 03: exact exposure and estimates", run_memorization, (cfg, seed, device), quiet, (run,)),
+             Job("notebook 09: case studies", run_case_study, (CaseStudyConfig.for_profile(profile), seed, device), quiet),
              Job("notebooks 05 and 10: sequential requests", run_sequential_study, (robust, seed, device), quiet, (sequential_run,))]
     small = (run, oracle)
 
@@ -84,10 +93,9 @@ def warm_jobs(profile: str | None = None, seed: int = 0, device: str | None = No
     if reproduction:
         jobs.append(Job("reproduction: unlearning methods", run_unlearning_methods, (cfg, seed, device), quiet,
                         small + ("notebook 04: original and oracle, exact exposure",)))
-        dp = DPComparisonConfig.for_profile(profile)
         if dp.own_scale:
             jobs.append(Job(f"reproduction: DP-SGD at epsilon {list(dp.own_scale_epsilons)}, {profile}-scale model", run_dp_study,
-                            (cfg, dp.own_scale_epsilons, seed, device, dp.max_grad_norm), quiet, small))
+                            (cfg, dp.own_scale_epsilons, seed, device, dp.max_grad_norm), quiet, (run, *own_dp)))
     bench = BenchmarkConfig.for_profile(profile)
     robust_cells = seed_benchmark_config(robust)
     wanted = [(dataclasses.replace(bench, seeds=(seed,)), c, seed) for c in bench.corpora]  # notebook 07's one-seed table
@@ -104,7 +112,6 @@ def warm_jobs(profile: str | None = None, seed: int = 0, device: str | None = No
         jobs.append(Job(label if (c, s) not in cell else f"{label} ({len(keys)})", benchmark_cell, (cells, c, s, device),
                         needs=((cell[c, s],) if (c, s) in cell else ()) + trains(cells.run_config(c), s)))
         cell.setdefault((c, s), label)
-    dp = DPComparisonConfig.for_profile(profile)
     jobs += [Job(f"notebook 08: DP-SGD at epsilon {list(dp.epsilons)}, {c}", run_dp_study,
                  (dp.run_config(c), dp.epsilons, seed, device, dp.max_grad_norm), quiet,
                  tuple(cell[k] for k in [(c, seed)] if k in cell) + trains(dp.run_config(c), seed)) for c in dp.corpora]

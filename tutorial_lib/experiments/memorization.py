@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
-from ..core.cache import cache_root, config_key, load_run, save_run
+from ..core.cache import cache_root, cached_result, config_key, load_run, save_run
 from ..core.canaries import (
     Canary,
     InsertedCorpus,
@@ -231,35 +231,46 @@ def train_retrained_model(cfg: MemorizationConfig, without: tuple[str, ...], see
     return train_memorization_model(cfg, seed, device, cache_dir, progress, without=tuple(without))
 
 
-def run_memorization(cfg: MemorizationConfig, seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True) -> MemorizationResult:
+def run_memorization(cfg: MemorizationConfig, seed: int = 0, device: str | None = None, cache_dir=None, progress: bool = True,
+                     use_cache: bool = True) -> MemorizationResult:
     """Train (or load) the model, then measure exact exposure of every canary and control, the
-    skew-normal estimate beside it, and validation / test perplexity. Notebook 03, "The experiment"."""
+    skew-normal estimate beside it, and validation / test perplexity. The measurements are cached
+    like the studies (keyed by the run, the seed, the corpus file and the library's code), so a warm
+    cache serves them at once, with the wall times of the run that measured them; ``from_cache`` is
+    then true. ``use_cache=False`` measures again (the model still comes from the model cache).
+    Notebook 03, "The experiment"."""
 
     device = resolve_device(device)
-    run = train_memorization_model(cfg, seed, device, cache_dir, progress)
-    model, tokenizer, canaries, splits, record, cached = run.model, run.tokenizer, run.canaries, run.splits, run.record, run.from_cache
-    start = time.perf_counter()
-    exposures, estimates = [], []
-    for c in tqdm(canaries, desc="exposure", **progress_options(progress)):
-        exposures.append(compute_exposure(model, tokenizer, c, device=device, progress=progress).to_dict())
-        estimates.append(estimate_exposure(model, tokenizer, c, n_samples=cfg.estimate_samples, seed=seed, device=device).to_dict())
-    exposure_seconds = time.perf_counter() - start
-    trajectory = {name: list(points) for name, points in record["trajectory"].items()}
-    for name in trajectory:  # the last point of every trajectory is the final exact exposure
-        trajectory[name].append([cfg.train.steps, next(e["exposure"] for e in exposures if e["name"] == name)])
-    block = cfg.train.block_size
-    return MemorizationResult(
-        config=cfg.to_dict(),
-        seed=seed,
-        canaries=[c.to_dict() for c in canaries],
-        exposures=exposures,
-        estimates=estimates,
-        trajectory=trajectory,
-        history=record["history"],
-        val_perplexity=compute_perplexity(model, tokenize_lines(tokenizer, splits.validation), block, device=device),
-        test_perplexity=compute_perplexity(model, tokenize_lines(tokenizer, splits.test), block, device=device),
-        n_parameters=count_parameters(model),
-        train_seconds=record["train_seconds"],
-        exposure_seconds=exposure_seconds,
-        from_cache=cached,
-    )
+
+    def compute() -> dict:
+        run = train_memorization_model(cfg, seed, device, cache_dir, progress)
+        model, tokenizer, canaries, splits, record = run.model, run.tokenizer, run.canaries, run.splits, run.record
+        start = time.perf_counter()
+        exposures, estimates = [], []
+        for c in tqdm(canaries, desc="exposure", **progress_options(progress)):
+            exposures.append(compute_exposure(model, tokenizer, c, device=device, progress=progress).to_dict())
+            estimates.append(estimate_exposure(model, tokenizer, c, n_samples=cfg.estimate_samples, seed=seed, device=device).to_dict())
+        exposure_seconds = time.perf_counter() - start
+        trajectory = {name: list(points) for name, points in record["trajectory"].items()}
+        for name in trajectory:  # the last point of every trajectory is the final exact exposure
+            trajectory[name].append([cfg.train.steps, next(e["exposure"] for e in exposures if e["name"] == name)])
+        block = cfg.train.block_size
+        return MemorizationResult(
+            config=cfg.to_dict(),
+            seed=seed,
+            canaries=[c.to_dict() for c in canaries],
+            exposures=exposures,
+            estimates=estimates,
+            trajectory=trajectory,
+            history=record["history"],
+            val_perplexity=compute_perplexity(model, tokenize_lines(tokenizer, splits.validation), block, device=device),
+            test_perplexity=compute_perplexity(model, tokenize_lines(tokenizer, splits.test), block, device=device),
+            n_parameters=count_parameters(model),
+            train_seconds=record["train_seconds"],
+            exposure_seconds=exposure_seconds,
+            from_cache=run.from_cache,
+        ).to_dict()
+
+    key = {"run": cfg.to_dict(), "seed": seed, "data_sha256": sha256_file(corpus_path(cfg.corpus))}
+    data, cached = cached_result("memorization", key, compute, cache_dir=cache_dir, use_cache=use_cache)
+    return MemorizationResult(**{**data, "from_cache": cached or data["from_cache"]})

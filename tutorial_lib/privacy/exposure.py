@@ -182,15 +182,118 @@ def _scored_before(trie: CandidateTrie, level: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.bincount(trie.node_of[level][ends], minlength=len(trie.tokens[level])))])
 
 
-@torch.no_grad()
-def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float = 64.0, progress: bool = True,
-               desc: str = "scoring candidates") -> np.ndarray:
-    """Log-perplexity in bits, ``sum_i -log2 P(x_i | x_<i)``, of every candidate in ``trie``: the shared
-    token prefix runs once, then every internal trie node costs one forward position, reusing the
-    key/value cache of its parent. ``progress``: a bar (``desc``) over the candidates scored, cleared
-    when done inside another bar. Notebook 03, "Exact exposure through a trie"."""
+# ----------------------------------------------------------------------------------- shared-prefix attention
+# Every trie node at one level attends to the same shared prefix. Handing the model a key/value cache
+# with the prefix copied into every row costs more than the forward itself (three copies per row and
+# layer: ours, the cache's constructor and its update). Instead the rows' cache holds only their own
+# suffix, and a registered attention function reads the prefix's keys and values once per layer
+# (batch 1, never copied) next to them. It is checked against the plain cached forward on the first
+# batch of every call and not used where they disagree (bench/exposure_scoring.py measures both).
+_SHARED_ATTENTION = "tutorial_lib_shared_prefix"
+_PREFIX_KV: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer index -> prefix keys, values, while score_trie runs
+
+
+def _shared_prefix_attention(module, query, key, value, attention_mask=None, dropout: float = 0.0, scaling=None, **kwargs):
+    """Attention of one new token per row over the shared prefix (``_PREFIX_KV``, batch 1) and the row's own
+    keys ``key``/``value`` (batch of rows), as one softmax; grouped key heads (GQA) are served without copies.
+    Returns transformers' ``(output [rows, 1, heads, dim], None)``."""
+    pk, pv = _PREFIX_KV[module.layer_idx]
+    rows, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    if q_len != 1 or heads != group * kv_heads or dropout or kwargs.get("softcap") is not None:
+        raise NotImplementedError("shared-prefix attention takes one query token per row, no dropout, no softcap")
+    scale = scaling if scaling is not None else dim ** -0.5
+    q = query.view(rows, kv_heads, group, dim).transpose(0, 1)  # [kv heads, rows, group, dim]
+    on_prefix = torch.matmul(q.reshape(kv_heads, rows * group, dim), pk[0].transpose(-1, -2)).view(kv_heads, rows, group, -1)
+    on_own = torch.matmul(q, key.transpose(0, 1).transpose(-1, -2))  # [kv heads, rows, group, own length]
+    top = torch.maximum(on_prefix.amax(-1, keepdim=True), on_own.amax(-1, keepdim=True))
+    w_prefix, w_own = ((on_prefix - top) * scale).exp(), ((on_own - top) * scale).exp()
+    total = w_prefix.sum(-1, keepdim=True) + w_own.sum(-1, keepdim=True)
+    out = torch.matmul(w_prefix.view(kv_heads, rows * group, -1), pv[0]).view(kv_heads, rows, group, dim)
+    out = (out + torch.matmul(w_own, value.transpose(0, 1))) / total
+    return out.transpose(0, 1).reshape(rows, heads, dim).unsqueeze(1), None
+
+
+def _row_cache(keys: list, values: list, prefix_len: int):
+    """A cache of the rows' own key/values only (one entry per layer, batch = rows), whose sequence length
+    counts the shared prefix too, so that the model numbers positions as if the prefix were there."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class RowLayer(DynamicLayer):
+        def __init__(self, k, v):
+            super().__init__()
+            self.keys, self.values, self.is_initialized, self.device = k, v, True, k.device
+
+        def get_seq_length(self) -> int:
+            return prefix_len + self.keys.shape[-2]
+
+    return Cache(layers=[RowLayer(k, v) for k, v in zip(keys, values)])
+
+
+class _AttentionSwitch:
+    """Within ``with``: the shared-prefix attention registered with transformers, ``prefix_cache`` as its
+    prefix, and :meth:`use` to switch ``model`` between it and its own attention (restored on exit).
+    ``available`` is False for a model whose attention cannot be switched."""
+
+    def __init__(self, model, prefix_cache: list):
+        self.model, self.prefix_cache = model, prefix_cache
+        self.own = getattr(model.config, "_attn_implementation", None)
+        self.available = self.own is not None and getattr(model, "_can_set_attn_implementation", lambda: False)()
+
+    def __enter__(self) -> "_AttentionSwitch":
+        if self.available:
+            from transformers import AttentionInterface
+
+            AttentionInterface.register(_SHARED_ATTENTION, _shared_prefix_attention)
+            _PREFIX_KV.clear()
+            _PREFIX_KV.update(enumerate(self.prefix_cache))
+        return self
+
+    def use(self, shared: bool) -> None:
+        self.model.set_attn_implementation(_SHARED_ATTENTION if shared else self.own)
+
+    def __exit__(self, *exc) -> None:
+        if self.available:
+            _PREFIX_KV.clear()
+            self.use(False)
+
+
+def _level_step(model, step, prefix_cache, parent, fast: bool):
+    """One forward position for each row of ``step`` (its tokens, [rows, 1]) after the shared prefix and the
+    rows' own earlier tokens ``parent`` (per layer keys and values [rows, heads, level - 1, dim], or None at
+    the first level). Returns the log-softmax at the new position and the rows' own keys/values including it."""
     from transformers import DynamicCache
 
+    c = step.shape[0]
+    if fast:
+        empty = [pk.new_empty((c, pk.shape[1], 0, pk.shape[3])) for pk, _ in prefix_cache]
+        keys = parent[0] if parent is not None else empty
+        values = parent[1] if parent is not None else empty
+        out = model(input_ids=step, cache=_row_cache(keys, values, prefix_cache[0][0].shape[2]), use_cache=True)
+        own = [l.keys for l in out.cache.layers], [l.values for l in out.cache.layers]
+    else:
+        layers = []
+        for layer, (pk, pv) in enumerate(prefix_cache):
+            k, v = pk.expand(c, -1, -1, -1), pv.expand(c, -1, -1, -1)
+            if parent is not None:
+                k, v = torch.cat([k, parent[0][layer]], dim=2), torch.cat([v, parent[1][layer]], dim=2)
+            layers.append((k, v))
+        out = model(input_ids=step, cache=DynamicCache(layers), use_cache=True)
+        shared = prefix_cache[0][0].shape[2]
+        own = [l.keys[:, :, shared:] for l in out.cache.layers], [l.values[:, :, shared:] for l in out.cache.layers]
+    return torch.log_softmax(out.logits[:, -1].double(), dim=-1), own
+
+
+@torch.no_grad()
+def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float = 64.0, progress: bool = True,
+               desc: str = "scoring candidates", shared_prefix: bool = True) -> np.ndarray:
+    """Log-perplexity in bits, ``sum_i -log2 P(x_i | x_<i)``, of every candidate in ``trie``: the shared
+    token prefix runs once, then every internal trie node costs one forward position, reusing the
+    key/value cache of its parent. ``shared_prefix``: the nodes attend to one copy of the prefix's
+    keys and values (checked against the plain cached forward on the first batch; ``False`` always
+    uses the plain one). ``progress``: a bar (``desc``) over the candidates scored, cleared when done
+    inside another bar. Notebook 03, "Exact exposure through a trie"."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -208,49 +311,59 @@ def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float 
         node_logp = [logp[-1, torch.as_tensor(tokens[0], device=device)].cpu().numpy()]
         if not bar.disable:
             bar.update(int(_scored_before(trie, 0)[-1]))
-        parent_kv = None  # suffix key/values of the internal nodes one level up
-        for level in range(1, depth_max):
-            child_parent = parents[level]  # sorted: np.unique orders children by parent
-            internal = np.unique(child_parent)
-            internal_pos = np.full(len(tokens[level - 1]), -1, dtype=np.int64)
-            internal_pos[internal] = np.arange(len(internal))
-            keep_kv = level + 1 < depth_max
-            child_logp = np.empty(len(child_parent), dtype=np.float64)
-            new_kv = None
-            chunk = _kv_chunk(model, n_layers, shared, level, memory_budget_mb * 2**20)
-            scored = None if bar.disable else _scored_before(trie, level)
-            for start in range(0, len(internal), chunk):
-                nodes = internal[start : start + chunk]
-                c = len(nodes)
-                layers = []
-                if parent_kv is not None:
-                    sel = torch.as_tensor(parent_kv[2][parents[level - 1][nodes]], device=device)
-                for layer, (pk, pv) in enumerate(prefix_cache):
-                    k, v = pk.expand(c, -1, -1, -1), pv.expand(c, -1, -1, -1)
+        with _AttentionSwitch(model, prefix_cache) as switch:
+            fast = shared_prefix and depth_max > 1 and switch.available
+            checked = not fast
+            parent_kv = None  # own key/values of the internal nodes one level up, and their rows
+            for level in range(1, depth_max):
+                child_parent = parents[level]  # sorted: np.unique orders children by parent
+                internal = np.unique(child_parent)
+                internal_pos = np.full(len(tokens[level - 1]), -1, dtype=np.int64)
+                internal_pos[internal] = np.arange(len(internal))
+                keep_kv = level + 1 < depth_max
+                child_logp = np.empty(len(child_parent), dtype=np.float64)
+                new_kv = None
+                chunk = _kv_chunk(model, n_layers, shared, level, memory_budget_mb * 2**20)
+                scored = None if bar.disable else _scored_before(trie, level)
+                for start in range(0, len(internal), chunk):
+                    nodes = internal[start : start + chunk]
+                    c = len(nodes)
+                    parent = None
                     if parent_kv is not None:
-                        k = torch.cat([k, parent_kv[0][layer].index_select(0, sel)], dim=2)
-                        v = torch.cat([v, parent_kv[1][layer].index_select(0, sel)], dim=2)
-                    layers.append((k, v))
-                step = torch.as_tensor(tokens[level - 1][nodes], device=device).view(c, 1)
-                out = model(input_ids=step, cache=DynamicCache(layers), use_cache=True)
-                lsm = torch.log_softmax(out.logits[:, -1].double(), dim=-1)
-                lo, hi = np.searchsorted(child_parent, [nodes[0], nodes[-1] + 1])
-                rows = torch.as_tensor(internal_pos[child_parent[lo:hi]] - start, device=device)
-                cols = torch.as_tensor(tokens[level][lo:hi], device=device)
-                child_logp[lo:hi] = node_logp[level - 1][child_parent[lo:hi]] + lsm[rows, cols].cpu().numpy()
-                if scored is not None:
-                    bar.update(int(scored[hi] - scored[lo]))
-                if keep_kv:
-                    if new_kv is None:
-                        new_kv = ([], [], internal_pos)
-                        for l in out.cache.layers:
-                            for store, t in ((new_kv[0], l.keys), (new_kv[1], l.values)):
-                                store.append(torch.empty((len(internal), t.shape[1], level, t.shape[3]), dtype=t.dtype, device=device))
-                    for layer, l in enumerate(out.cache.layers):
-                        new_kv[0][layer][start : start + c] = l.keys[:, :, shared:]
-                        new_kv[1][layer][start : start + c] = l.values[:, :, shared:]
-            node_logp.append(child_logp)
-            parent_kv = new_kv
+                        sel = torch.as_tensor(parent_kv[2][parents[level - 1][nodes]], device=device)
+                        parent = ([k.index_select(0, sel) for k in parent_kv[0]], [v.index_select(0, sel) for v in parent_kv[1]])
+                    step = torch.as_tensor(tokens[level - 1][nodes], device=device).view(c, 1)
+                    if not checked:  # the first batch both ways: keep the shared-prefix attention only where they agree
+                        checked = True
+                        switch.use(True)
+                        lsm, own = _level_step(model, step, prefix_cache, parent, True)
+                        switch.use(False)
+                        plain, plain_own = _level_step(model, step, prefix_cache, parent, False)
+                        tolerance = 1e-9 if prefix_cache[0][0].dtype == torch.float64 else 1e-3
+                        fast = bool((lsm - plain).abs().max() <= tolerance)
+                        if fast:
+                            switch.use(True)
+                        else:
+                            lsm, own = plain, plain_own
+                    else:
+                        lsm, own = _level_step(model, step, prefix_cache, parent, fast)
+                    lo, hi = np.searchsorted(child_parent, [nodes[0], nodes[-1] + 1])
+                    rows = torch.as_tensor(internal_pos[child_parent[lo:hi]] - start, device=device)
+                    cols = torch.as_tensor(tokens[level][lo:hi], device=device)
+                    child_logp[lo:hi] = node_logp[level - 1][child_parent[lo:hi]] + lsm[rows, cols].cpu().numpy()
+                    if scored is not None:
+                        bar.update(int(scored[hi] - scored[lo]))
+                    if keep_kv:
+                        if new_kv is None:
+                            new_kv = ([], [], internal_pos)
+                            for store, ts in ((new_kv[0], own[0]), (new_kv[1], own[1])):
+                                for t in ts:
+                                    store.append(torch.empty((len(internal), t.shape[1], level, t.shape[3]), dtype=t.dtype, device=device))
+                        for layer in range(n_layers):
+                            new_kv[0][layer][start : start + c] = own[0][layer]
+                            new_kv[1][layer][start : start + c] = own[1][layer]
+                node_logp.append(child_logp)
+                parent_kv = new_kv
         total = np.full(trie.n_candidates, prefix_nll, dtype=np.float64)
         for level in range(1, depth_max + 1):
             ends = trie.depth == level
