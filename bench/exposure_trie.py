@@ -3,7 +3,10 @@
 For randomness spaces |R| = 10^4, 10^5, 10^6 (secrets of 4, 5, 6 digits, byte-level tokenizer, so one
 token per digit) this times, on one model in one run:
 
-* trie:  ``canary_trie`` (tokenization + trie build, tail cache cleared first) and ``score_trie``;
+* trie:  ``canary_trie`` (tokenization + trie build, tail cache cleared first) and ``score_trie``, whose
+  nodes attend to one copy of the shared prefix's keys and values (the default);
+* trie, plain cache: ``score_trie(..., shared_prefix=False)``, the prefix's keys and values copied into
+  every node's cache (the way before the shared-prefix attention);
 * naive: ``score_candidates_bruteforce(canary_texts(...), batch_size=512)``, tokenization included,
 
 and checks that both give the same scores (to 1e-3 bits) wherever both were measured. The naive time
@@ -38,9 +41,10 @@ import numpy as np
 import torch
 from _common import bench_parser, set_threads, timed, write_results
 
-import tutorial_lib.privacy.exposure as exposure
+import tutorial_lib.privacy.trie as trie_module
 from tutorial_lib.core.canaries import Canary, RandomnessSpace
-from tutorial_lib.privacy.exposure import canary_texts, canary_trie, compute_exposure, score_candidates_bruteforce, score_trie
+from tutorial_lib.privacy.exposure import canary_texts, canary_trie, compute_exposure
+from tutorial_lib.privacy.trie import score_candidates_bruteforce, score_trie
 from tutorial_lib.core.models import ModelConfig, count_parameters, make_model
 from tutorial_lib.core.tokenization import make_byte_tokenizer
 
@@ -67,9 +71,12 @@ def make_canary(size: int) -> Canary:
 
 def bench_size(model, tok, size: int, run_naive: bool) -> dict:
     canary = make_canary(size)
-    exposure._TAIL_CACHE.clear()  # a cold build: tokenize the tails and build the trie from scratch
+    trie_module._TAIL_CACHE.clear()  # a cold build: tokenize the tails and build the trie from scratch
     trie, build_s = timed(canary_trie, tok, canary)
     trie_scores, score_s = timed(score_trie, model, trie)
+    plain_scores, plain_s = timed(score_trie, model, trie, shared_prefix=False)
+    plain_diff = float(np.max(np.abs(trie_scores - plain_scores)))
+    assert plain_diff < TOLERANCE_BITS, f"|R| = {size}: shared-prefix and plain-cache scores differ by {plain_diff:.2e} bits"
     shared = len(trie.shared_ids)
     row = {
         "size": size,
@@ -77,6 +84,9 @@ def bench_size(model, tok, size: int, run_naive: bool) -> dict:
         "trie_build_s": build_s,
         "trie_score_s": score_s,
         "trie_s": build_s + score_s,
+        "trie_plain_score_s": plain_s,
+        "plain_over_shared": plain_s / score_s,
+        "max_abs_diff_plain_bits": plain_diff,
         "trie_positions": int(trie.n_internal + shared),
         # every candidate is the shared prefix followed by its own path down the trie
         "naive_positions": int(shared * trie.n_candidates + trie.depth.sum()),
@@ -110,7 +120,7 @@ def extrapolate_naive(rows: list[dict]) -> None:
 
 def format_table(rows: list[dict]) -> str:
     header = (
-        f"{'|R|':>9}  {'trie build s':>12}  {'trie score s':>12}  {'trie s':>8}  {'naive s':>23}  "
+        f"{'|R|':>9}  {'trie build s':>12}  {'trie score s':>12}  {'plain cache s':>13}  {'plain/shared':>12}  {'trie s':>8}  {'naive s':>23}  "
         f"{'naive/trie':>10}  {'trie positions':>14}  {'naive positions':>15}  {'max |diff| bits':>15}"
     )
     lines = [header, "-" * len(header)]
@@ -121,7 +131,8 @@ def format_table(rows: list[dict]) -> str:
         ratio = "-" if r["naive_s"] is None else f"{r['naive_s'] / r['trie_s']:.1f}x"
         diff = "-" if r["max_abs_diff_bits"] is None else f"{r['max_abs_diff_bits']:.1e}"
         lines.append(
-            f"{r['size']:>9,}  {r['trie_build_s']:>12.2f}  {r['trie_score_s']:>12.2f}  {r['trie_s']:>8.2f}  "
+            f"{r['size']:>9,}  {r['trie_build_s']:>12.2f}  {r['trie_score_s']:>12.2f}  {r['trie_plain_score_s']:>13.2f}  "
+            f"{r['plain_over_shared']:>11.1f}x  {r['trie_s']:>8.2f}  "
             f"{naive:>23}  {ratio:>10}  {r['trie_positions']:>14,}  {r['naive_positions']:>15,}  {diff:>15}"
         )
     return "\n".join(lines)
@@ -151,6 +162,7 @@ def main(argv=None) -> None:
     # warm-up, so that no method pays for one-time initialisation inside its timing
     warm = make_canary(100)
     score_trie(model, canary_trie(tok, warm))
+    score_trie(model, canary_trie(tok, warm), shared_prefix=False)
     score_candidates_bruteforce(model, tok, canary_texts(warm), batch_size=BATCH_SIZE)
 
     rows = []
@@ -162,7 +174,7 @@ def main(argv=None) -> None:
     extrapolate_naive(rows)
 
     largest = make_canary(sizes[-1])
-    exposure._TAIL_CACHE.clear()
+    trie_module._TAIL_CACHE.clear()
     result = compute_exposure(model, tok, largest)
     wall_s = time.perf_counter() - wall_start
 
@@ -172,7 +184,8 @@ def main(argv=None) -> None:
     print("forward positions: trie = trie.n_internal + shared prefix length; naive = sum of candidate token lengths")
     if any(r["naive_extrapolated"] for r in rows):
         print("(extrapolated): naive seconds per forward position at the largest measured |R|, times positions")
-    print(f"scores agree to < {TOLERANCE_BITS:g} bits wherever both were measured")
+    print("plain cache: score_trie(shared_prefix=False), the prefix's keys and values copied into every node's cache")
+    print(f"scores agree to < {TOLERANCE_BITS:g} bits wherever both were measured (shared prefix, plain cache, naive)")
     print(f"\nexact exposure over 10^{largest.space.length} candidates: {result.seconds:.2f} s "
           f"(compute_exposure, cold tail cache; untrained model: {result.summary()})")
     print(f"total wall time: {wall_s:.1f} s")

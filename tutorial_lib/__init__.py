@@ -161,9 +161,8 @@ from .privacy.exposure import (
     compute_exposure,
     estimate_exposure,
     exposure_from_scores,
-    score_candidates_bruteforce,
-    score_trie,
 )
+from .privacy.trie import score_candidates_bruteforce, score_trie
 from .privacy.mia import attack_scores, generate_continuations, membership_inference, roc_auc, roc_curve, tpr_at_fpr
 from .unlearning.api import METHODS, unlearn
 from .unlearning.base import UnlearningError, UnlearningReport, canary_forget_items

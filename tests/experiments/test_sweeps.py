@@ -66,11 +66,11 @@ def test_cached_result_computes_once(tmp_path):
 
 def test_removal_sweep_at_tiny(tiny_cache, monkeypatch, shown_bars):
     from tutorial_lib.core import training
-    from tutorial_lib.privacy import exposure
+    from tutorial_lib.privacy import trie
     from tutorial_lib.unlearning import api
 
     monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
-    bars = shown_bars(studies, training, exposure, api)
+    bars = shown_bars(studies, training, trie, api)
     cfg = MemorizationConfig.for_profile("tiny")
     grid = {"eta": [0.0, 5e-4, 1e4]}
     result, cached = studies.run_removal_sweep(cfg, 0, "cpu", grid=grid, progress=False)

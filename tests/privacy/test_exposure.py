@@ -7,17 +7,8 @@ import torch
 from tutorial_lib.core.canaries import Canary, RandomnessSpace
 from tutorial_lib.core.models import ModelConfig, make_model
 from tutorial_lib.core.tokenization import train_bpe_tokenizer
-from tutorial_lib.privacy.exposure import (
-    build_trie,
-    canary_texts,
-    canary_trie,
-    compute_exposure,
-    estimate_exposure,
-    exposure_from_scores,
-    score_candidates,
-    score_candidates_bruteforce,
-    score_trie,
-)
+from tutorial_lib.privacy.exposure import canary_texts, canary_trie, compute_exposure, estimate_exposure, exposure_from_scores
+from tutorial_lib.privacy.trie import build_trie, score_candidates, score_candidates_bruteforce, score_trie
 
 
 def _model(tokenizer, seed=0):
@@ -89,19 +80,19 @@ def test_shared_prefix_attention_is_used_and_equals_the_plain_cache(byte_tokeniz
     """The trie's nodes attend to one copy of the prefix (a registered attention function): the scores equal
     those of the plain cached forward and of brute force, on GPT-2 and on a grouped-head, rotary Llama, and
     the model's own attention is back afterwards."""
-    from tutorial_lib.privacy import exposure
+    from tutorial_lib.privacy import trie
 
     model = _model(byte_tokenizer) if family == "gpt2" else _tiny_llama(len(byte_tokenizer))
     own = model.config._attn_implementation
     calls = []
-    original = exposure._shared_prefix_attention
-    monkeypatch.setattr(exposure, "_shared_prefix_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = trie._shared_prefix_attention
+    monkeypatch.setattr(trie, "_shared_prefix_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
     canary = Canary("the secret number of bob is {secret}", "042", space=RandomnessSpace(3))
-    trie = canary_trie(byte_tokenizer, canary)
-    shared = score_trie(model, trie, memory_budget_mb=0.01)  # several batches per level
+    candidates = canary_trie(byte_tokenizer, canary)
+    shared = score_trie(model, candidates, memory_budget_mb=0.01)  # several batches per level
     assert calls, "the shared-prefix attention was not used"
     assert model.config._attn_implementation == own
-    plain = score_trie(model, trie, shared_prefix=False)
+    plain = score_trie(model, candidates, shared_prefix=False)
     brute = score_candidates_bruteforce(model, byte_tokenizer, canary_texts(canary))
     np.testing.assert_allclose(shared, plain, rtol=0, atol=1e-9)
     np.testing.assert_allclose(shared, brute, rtol=0, atol=1e-9)
@@ -110,15 +101,15 @@ def test_shared_prefix_attention_is_used_and_equals_the_plain_cache(byte_tokeniz
 def test_shared_prefix_attention_falls_back_where_it_disagrees(byte_tokenizer, monkeypatch):
     """A shared-prefix attention that gets the numbers wrong is caught on the first batch, and the plain
     cached forward scores everything."""
-    from tutorial_lib.privacy import exposure
+    from tutorial_lib.privacy import trie
 
-    original = exposure._shared_prefix_attention
+    original = trie._shared_prefix_attention
 
     def wrong(*args, **kwargs):
         out, weights = original(*args, **kwargs)
         return out + 0.5, weights
 
-    monkeypatch.setattr(exposure, "_shared_prefix_attention", wrong)
+    monkeypatch.setattr(trie, "_shared_prefix_attention", wrong)
     model = _model(byte_tokenizer)
     canary = Canary("the secret number of bob is {secret}", "042", space=RandomnessSpace(3))
     brute = score_candidates_bruteforce(model, byte_tokenizer, canary_texts(canary))
@@ -195,12 +186,12 @@ def test_sampled_exposure_ranks_among_the_sampled_candidates(byte_tokenizer):
 
 
 def test_exposure_bar_counts_every_candidate_and_changes_nothing(byte_tokenizer, bpe_tokenizer, shown_bars):
-    from tutorial_lib.privacy import exposure
+    from tutorial_lib.privacy import trie
 
     model = _model(byte_tokenizer, seed=3)
     canary = Canary("the pin of carol is {secret}", "4711", space=RandomnessSpace(4), name="carol")
     quiet = compute_exposure(model, byte_tokenizer, canary, progress=False)
-    out = shown_bars(exposure)
+    out = shown_bars(trie)
     assert out.getvalue() == ""  # progress off: no bar
     shown = compute_exposure(model, byte_tokenizer, canary)
     assert (shown.rank, shown.exposure, shown.log_perplexity_bits) == (quiet.rank, quiet.exposure, quiet.log_perplexity_bits)

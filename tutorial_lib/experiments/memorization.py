@@ -138,7 +138,7 @@ class MemorizationResult:
             f"{self.n_parameters:,}-parameter GPT-2 on {self.config['corpus']}, seed {self.seed}: exposure (bits) "
             + "; ".join(parts)
             + f"; val ppl {self.val_perplexity:.2f}; trained in {self.train_seconds:.0f} s"
-            + (" (loaded from cache)" if self.from_cache else "")
+            + (" (measurements loaded from the cache)" if self.from_cache else "")
         )
 
     def to_dict(self) -> dict:
@@ -236,8 +236,8 @@ def run_memorization(cfg: MemorizationConfig, seed: int = 0, device: str | None 
     """Train (or load) the model, then measure exact exposure of every canary and control, the
     skew-normal estimate beside it, and validation / test perplexity. The measurements are cached
     like the studies (keyed by the run, the seed, the corpus file and the library's code), so a warm
-    cache serves them at once, with the wall times of the run that measured them; ``from_cache`` is
-    then true. ``use_cache=False`` measures again (the model still comes from the model cache).
+    cache serves them at once, with the wall times of the run that measured them; ``from_cache`` says
+    so. ``use_cache=False`` measures again (the model still comes from the model cache).
     Notebook 03, "The experiment"."""
 
     device = resolve_device(device)
@@ -268,9 +268,8 @@ def run_memorization(cfg: MemorizationConfig, seed: int = 0, device: str | None 
             n_parameters=count_parameters(model),
             train_seconds=record["train_seconds"],
             exposure_seconds=exposure_seconds,
-            from_cache=run.from_cache,
         ).to_dict()
 
     key = {"run": cfg.to_dict(), "seed": seed, "data_sha256": sha256_file(corpus_path(cfg.corpus))}
     data, cached = cached_result("memorization", key, compute, cache_dir=cache_dir, use_cache=use_cache)
-    return MemorizationResult(**{**data, "from_cache": cached or data["from_cache"]})
+    return MemorizationResult(**{**data, "from_cache": cached})
