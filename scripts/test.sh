@@ -131,7 +131,7 @@ for line in "${breakdown[@]}"; do
   echo "$line"
   case $line in
     *"warm-up of the cache"*) sort -rn "$logs/warm.tsv" | awk -F'\t' '{printf "%14d s  %s\n", $1, $2}' ;;
-    *"side by side"*)
+    *"two at a time"*)
       for p in "${parts[@]}"; do echo "    $p"; done
       grep -E '^[0-9]{2}_.*\.ipynb: [0-9]+ s$' "$logs/notebooks.log" | sed 's/^/               /' || true ;;
   esac

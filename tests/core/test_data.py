@@ -82,3 +82,38 @@ def test_wrong_checksum_in_the_list(tmp_path):
 def test_unknown_corpus():
     with pytest.raises(ValueError, match="unknown corpus 'wiki'"):
         corpus_path("wiki")
+
+
+def _rewrite(folder, name, text):
+    """Replace corpus file ``name`` with ``text``, keeping its modification time, and record its new sha256."""
+    import os
+
+    path = folder / name
+    stat = path.stat()
+    path.write_text(text)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    sums = json.loads((folder / "checksums.json").read_text())
+    sums[name]["sha256"] = sha256_file(path)
+    (folder / "checksums.json").write_text(json.dumps(sums))
+
+
+def test_an_edited_corpus_is_served_as_edited_even_with_its_mtime_kept(tmp_path):
+    folder = _copy_data(tmp_path)
+    before = load_corpus("jargon", max_chars=2_000, directory=folder)
+    _rewrite(folder, "jargon.txt", "".join(f"edited line {i}\n" for i in range(400)))
+    after = load_corpus("jargon", max_chars=2_000, directory=folder)
+    assert after.train[0] == "edited line 0" and after.train != before.train
+
+
+def test_an_empty_corpus_or_a_malformed_checksum_list_is_a_data_error(tmp_path):
+    folder = _copy_data(tmp_path)
+    _rewrite(folder, "bible.txt", "\n\n")
+    with pytest.raises(DataError, match=r"bible.txt holds no text.*build_data.py"):
+        load_corpus("bible", directory=folder)
+    (folder / "checksums.json").write_text('{"shakespeare.txt": ')
+    with pytest.raises(DataError, match=r"checksums.json is malformed.*restore it from git"):
+        corpus_path("shakespeare", folder)
+    (folder / "checksums.json").write_text('{"shakespeare.txt": {"size": 1}}')
+    with pytest.raises(DataError, match=r"lacks 'shakespeare.txt'"):
+        corpus_path("shakespeare", folder)
+    assert (data_dir().parent / ".gitattributes").read_text().count("-text") >= 2  # corpora byte-exact on every checkout

@@ -2,6 +2,7 @@ import functools
 from dataclasses import replace
 
 import pytest
+import torch
 
 from tutorial_lib.core.cache import load_run, save_run
 from tutorial_lib.core.models import ModelConfig, load_pretrained, make_model, transformers_bars_off
@@ -72,3 +73,20 @@ def test_transformers_bars_off_restores_the_previous_state(transformers_bars):
     with transformers_bars_off():
         pass
     assert not transformers_bars.is_progress_bar_enabled()  # off before, off after
+
+
+def test_a_pretrained_model_is_cached_by_its_weights_not_its_folder(tmp_path, byte_tokenizer):
+    """Refilling the same folder with other weights must not serve the model fine-tuned from the old ones."""
+    from tutorial_lib.experiments.memorization import train_memorization_model
+
+    folder = tmp_path / "local-lm"
+    cfg = MemorizationConfig.for_profile("tiny")
+    cfg = replace(cfg, model=replace(cfg.model, pretrained_path=str(folder)), train=replace(cfg.train, steps=5, eval_every=5),
+                  track_exposure=False)
+    runs = []
+    for seed in (3, 3, 4):  # the same weights twice, then new weights in the same folder
+        make_model(ModelConfig.for_profile("tiny"), len(byte_tokenizer), seed=seed).save_pretrained(folder)
+        byte_tokenizer.save_pretrained(folder)
+        runs.append(train_memorization_model(cfg, seed=0, device="cpu", cache_dir=tmp_path / "cache", progress=False))
+    assert [r.from_cache for r in runs] == [False, True, False]
+    assert not torch.equal(runs[0].model.lm_head.weight, runs[2].model.lm_head.weight)

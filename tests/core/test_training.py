@@ -76,3 +76,22 @@ def test_too_little_text_is_an_error(byte_tokenizer):
         train_language_model(model, ids, ids, TrainConfig(steps=1, block_size=32), progress=False)
     with pytest.raises(ValueError, match="block_size=32"):
         compute_loss(model, ids, 32)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("grad_clip", 0.0, "grad_clip must be positive.*never trains"), ("eval_every", 0, "eval_every must be an integer >= 1"),
+    ("steps", 0, "steps must be an integer >= 1"), ("lr", -1e-3, "lr must be a positive finite"), ("lr", float("nan"), "lr must be"),
+    ("batch_size", 2.5, "batch_size must be an integer"), ("min_lr_ratio", 2.0, "min_lr_ratio"),
+])
+def test_a_training_config_that_would_train_nothing_or_crash_is_refused(field, value, match):
+    from tutorial_lib.core.training import TrainConfig
+
+    with pytest.raises(ValueError, match=f"TrainConfig.{match}" if not match.startswith("min") else match):
+        TrainConfig(**{field: value})
+
+
+def test_a_block_longer_than_the_models_positions_is_named(byte_tokenizer):
+    model = make_model(ModelConfig(n_layer=1, n_embd=8, n_head=2, n_positions=16), len(byte_tokenizer), seed=0)
+    ids = torch.arange(200) % 50
+    with pytest.raises(ValueError, match="block_size = 32 is longer than the model's 16 positions"):
+        train_language_model(model, ids, ids, TrainConfig(steps=2, block_size=32, batch_size=2, eval_blocks=1), progress=False)

@@ -72,13 +72,13 @@ def test_removal_sweep_at_tiny(tiny_cache, monkeypatch, shown_bars):
     monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
     bars = shown_bars(studies, training, trie, api)
     cfg = MemorizationConfig.for_profile("tiny")
-    grid = {"eta": [0.0, 5e-4, 1e4]}
+    grid = {"eta": [1e-30, 5e-4, 1e4]}  # a step far below float32 resolution, the default, one far too large
     result, cached = studies.run_removal_sweep(cfg, 0, "cpu", grid=grid, progress=False)
     assert bars.getvalue() == ""  # progress off: no bar at any depth (training, unlearning, exposure)
     target = result["target"]
     zero, step, huge = result["rows"]
     assert not cached and [r["params"]["eta"] for r in result["rows"]] == grid["eta"]
-    # a zero step leaves the model as it was: the original's point exactly
+    # a step below float32 resolution leaves the model as it was: the original's point exactly
     assert zero["exposure"][target] == result["original"]["exposure"][target]
     assert math.isclose(zero["val_perplexity"], result["original"]["val_perplexity"], rel_tol=1e-9)
     assert step["exposure"][target] < zero["exposure"][target] - 3

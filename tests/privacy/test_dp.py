@@ -132,6 +132,7 @@ def test_position_embedding_per_sample_gradients_have_the_batch_dimension():
     (dict(target_epsilon=0.0), "target_epsilon"), (dict(target_epsilon=-1.0), "target_epsilon"),
     (dict(target_epsilon=math.inf), "target_epsilon"), (dict(delta=0.0), "delta"), (dict(delta=1.0), "delta"),
     (dict(delta=1.5), "delta"), (dict(max_grad_norm=0.0), "max_grad_norm"), (dict(max_grad_norm=-1.0), "max_grad_norm"),
+    (dict(max_grad_norm=math.inf), "max_grad_norm .*positive finite"),
     (dict(accountant="moments"), "moments"), (dict(target_epsilon=None), "target_epsilon or a noise_multiplier"),
     (dict(target_epsilon=None, noise_multiplier=-0.5), "noise_multiplier"),
 ])
@@ -185,6 +186,8 @@ def test_dp_training_is_seeded_and_reports_what_it_spent():
     other = tiny_gpt2()
     train_dp_language_model(other, ids, ids[:200], cfg, DPConfig(target_epsilon=3.0), seed=5, progress=False)
     assert not torch.equal(flat(other), runs[0][0])
+    with pytest.warns(UserWarning, match=r"delta = 0.1 is above 1/n = 0.00781 for n = 128 training windows"):
+        train_dp_language_model(tiny_gpt2(), ids, ids[:200], cfg, DPConfig(target_epsilon=3.0, delta=0.1), seed=5, progress=False)
 
 
 def test_privacy_lowers_the_exposure_of_the_100x_canary_at_tiny(tiny_cache, monkeypatch):

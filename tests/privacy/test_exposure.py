@@ -205,3 +205,30 @@ def test_exposure_bar_counts_every_candidate_and_changes_nothing(byte_tokenizer,
     np.testing.assert_array_equal(score_candidates(bpe_model, bpe_tokenizer, texts),
                                   score_candidates(bpe_model, bpe_tokenizer, texts, progress=False))
     assert "scoring candidates: 100%" in out.getvalue() and "6.00/6.00" in out.getvalue()
+
+
+def test_exact_exposure_refuses_a_space_too_large_to_score(byte_tokenizer):
+    """|R| = 10^8 would hold every candidate in memory: refused up front, naming the sampled and estimated
+    alternatives; both of those work, even for |R| = 10^30, beyond what int64 can count."""
+    model = _model(byte_tokenizer)
+    huge = Canary("pin {secret}", "1" * 8, space=RandomnessSpace(8), name="x")
+    with pytest.raises(ValueError, match=r"100,000,000 candidates.*GiB.*candidates=100_000.*estimate_exposure"):
+        compute_exposure(model, byte_tokenizer, huge)
+    vast = Canary("pin {secret}", "7" * 30, space=RandomnessSpace(30), name="y")
+    sampled = compute_exposure(model, byte_tokenizer, vast, candidates=64, seed=1)
+    assert sampled.space_size == 64 and 1 <= sampled.rank <= 64
+    assert estimate_exposure(model, byte_tokenizer, vast, n_samples=64).n_samples == 64
+
+
+def test_sampled_secrets_are_distinct_uniform_and_skip_the_secret():
+    from tutorial_lib.privacy.exposure import sample_secrets
+
+    space = RandomnessSpace(3)
+    rng = np.random.default_rng(0)
+    drawn = sample_secrets(space, 999, rng, exclude="123")
+    assert len(set(drawn)) == 999 and "123" not in drawn and drawn == sorted(drawn)
+    with pytest.raises(ValueError, match="cannot draw 1,000 distinct secrets from a space of 999"):
+        sample_secrets(space, 1000, rng, exclude="123")
+    big = sample_secrets(RandomnessSpace(30), 2000, rng)
+    first_digits = np.array([int(s[0]) for s in big])
+    assert len(set(big)) == 2000 and abs(first_digits.mean() - 4.5) < 0.3  # uniform digits

@@ -1,4 +1,5 @@
 """The unlearning API: exact updates in float64, Fisher-shaped noise, guards, and banded results at tiny."""
+import copy
 import math
 from dataclasses import replace
 
@@ -111,6 +112,46 @@ def test_bad_input_is_an_error(micro, byte_tokenizer):
         FisherForgettingConfig(variant="scrub")
     with pytest.raises(TypeError, match="takes a FisherForgettingConfig"):
         unlearn(micro, byte_tokenizer, FORGET, RETAIN, "fisher_forgetting", FisherRemovalConfig())
+
+
+def test_the_door_refuses_what_would_give_a_meaningless_result(micro, byte_tokenizer):
+    """A step scale that is not positive, a string where a list of texts is expected, a model that is not a
+    causal LM: each is refused before any work, naming the argument and the fix; the model is untouched."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    before = _params(micro)
+    for eta in (0.0, -5e-4, float("inf")):
+        with pytest.raises(ValueError, match="eta \\(the step scale\\) must be a positive finite number"):
+            FisherRemovalConfig(eta=eta)
+    with pytest.raises(ValueError, match="eta"):
+        FisherForgettingConfig(eta=-1.0)
+    assert FisherForgettingConfig(variant="noise", eta=0.0).eta == 0.0  # noise only: no step, eta unused
+    with pytest.raises(TypeError, match=r"retain must be a list of texts, got one string of \d+ characters.*pass \[retain\]"):
+        unlearn(micro, byte_tokenizer, FORGET, " ".join(RETAIN))
+    with pytest.raises(TypeError, match=r"forget must be a list of texts.*pass \[forget\]"):
+        unlearn(micro, byte_tokenizer, "the secret is 4242", RETAIN)
+    bert = BertForMaskedLM(BertConfig(vocab_size=len(byte_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32))
+    with pytest.raises(TypeError, match="causal language model.*is needed, got BertForMaskedLM.*AutoModelForCausalLM"):
+        unlearn(bert, byte_tokenizer, FORGET, RETAIN)
+    from transformers import BertLMHeadModel
+
+    encoder = BertLMHeadModel(BertConfig(vocab_size=len(byte_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, is_decoder=False))  # an LM head on an encoder: sees the future
+    with pytest.raises(TypeError, match="BertLMHeadModel is not causal: its outputs at earlier positions change"):
+        unlearn(encoder, byte_tokenizer, FORGET, RETAIN)
+    with pytest.raises(TypeError, match="weights are bfloat16.*pass model.float"):
+        unlearn(copy.deepcopy(micro).to(torch.bfloat16), byte_tokenizer, FORGET, RETAIN)
+    assert _same(micro, before)
+
+
+def test_retain_items_that_are_also_forgotten_are_dropped_with_a_warning(micro, byte_tokenizer):
+    config = FisherRemovalConfig(block_size=16, n_fisher=8)
+    overlapping = RETAIN + ["another private line", "the secret is 4242"]
+    with pytest.warns(UserWarning, match="2 retain item\\(s\\) are also in the forget set"):
+        _, report = unlearn(micro, byte_tokenizer, FORGET, overlapping, config=config)
+    _, clean = unlearn(micro, byte_tokenizer, FORGET, RETAIN, config=config)
+    assert report.update_norm == clean.update_norm and report.n_train == clean.n_train
 
 
 def test_refused_updates_leave_the_weights_intact(micro, byte_tokenizer):

@@ -1,16 +1,26 @@
-"""Train-or-load cache for trained models, keyed by the full run config.
+"""Train-or-load cache for trained models, keyed by the full run config, and for the studies' results.
 
-Weights are stored with ``save_pretrained`` (safetensors) beside a ``run.json`` holding the config
-and everything the run measured. Used by notebook 03 and every later notebook that reuses a model.
+Weights are stored with ``save_pretrained`` (safetensors) beside a ``run.json`` holding the config,
+everything the run measured and the sha256 of every file. A checkpoint is written into a private
+temporary folder and renamed into place once complete, so a reader never sees a partial one; every
+file is written under a unique temporary name and renamed; a per-key lock (:func:`key_lock`) makes a
+second process that wants the same key wait and read instead of computing it again. On load the
+hashes are checked. Used by notebook 03 and every later notebook that reuses a model.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import secrets
+import shutil
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .models import transformers_bars_off
 
@@ -22,6 +32,94 @@ CACHE_FORMAT = 1
 
 class CheckpointMismatchError(RuntimeError):
     """A cached checkpoint was made with a different config than the one asked for."""
+
+
+class CacheError(RuntimeError):
+    """A cache entry or folder that cannot be used (corrupt, unreadable or unwritable); the message
+    names the path and what to do."""
+
+
+def _unique_tmp(path: Path) -> Path:
+    """A temporary sibling of ``path`` that no other process or thread picks: ``.name.<pid>.<random>.tmp``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _shared_mode(path: Path) -> None:
+    """Make ``path`` (a file, or a folder and everything in it) readable by the group and others as
+    far as the umask allows, as a plain ``open()`` would: ``save_pretrained`` may write 0600 files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a unique temporary file, flushed to disk, then renamed into
+    place: a reader sees the old file or the whole new one, and two writers never share a file."""
+    path = Path(path)
+    tmp = _unique_tmp(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        _shared_mode(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and check that files can be written there, before any long
+    computation whose result would go there; raises :class:`CacheError` naming the folder and the fix."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = _unique_tmp(folder / "write-check")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise CacheError(f"the cache folder {folder} is not writable ({err.strerror or err}); point ${CACHE_ENV} "
+                         "at a folder you can write to, or fix the folder's permissions") from err
+    return folder
+
+
+@contextmanager
+def key_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on the cache entry ``path`` (a lock file in ``.locks/`` beside it) while
+    checking for it and, if missing, computing and writing it: a second process asking for the same
+    entry waits, then finds it written. Locks are advisory (``fcntl``); where that is unavailable
+    (Windows) this only checks that the folder is writable. In a read-only cache (an instructor's,
+    shared) an entry that exists is read without a lock; a missing one raises :class:`CacheError`
+    before any work."""
+    path = Path(path)
+    try:
+        locks = check_writable(path.parent / ".locks")
+    except CacheError:
+        if path.exists():
+            yield
+            return
+        raise
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(locks / f"{path.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cache_root(path: str | os.PathLike | None = None) -> Path:
@@ -48,15 +146,38 @@ class LoadedRun:
 
 
 def save_run(folder: str | os.PathLike, model, tokenizer, config: dict, record: dict) -> Path:
-    """Save weights (safetensors), tokenizer and ``run.json`` = {config, record} into ``folder``."""
+    """Save weights (safetensors), tokenizer and ``run.json`` = {config, record, sha256 of every file} as
+    the checkpoint ``folder``: written into a temporary sibling, flushed to disk and renamed into place
+    once complete (if another process completed the same checkpoint first, its copy is kept). Refuses
+    (``ValueError``) a model with NaN or inf weights: a diverged run is never cached."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with transformers_bars_off():
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-    tmp = folder / "run.json.tmp"
-    tmp.write_text(json.dumps({"format": CACHE_FORMAT, "config": config, "record": record}, indent=1, default=str))
-    tmp.replace(folder / "run.json")  # written last: its presence marks a complete checkpoint
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"refusing to cache the model for {folder}: {len(bad)} parameter tensor(s) hold NaN or inf "
+                         f"(first: {bad[0]}), so the run diverged; lower the learning rate or clip gradients, then run again")
+    check_writable(folder.parent)
+    tmp = _unique_tmp(folder)
+    tmp.mkdir()
+    try:
+        with transformers_bars_off():
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        meta = {"format": CACHE_FORMAT, "config": config, "record": record, "files": files}
+        (tmp / "run.json").write_text(json.dumps(meta, indent=1, default=str))
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        _shared_mode(tmp)
+        if folder.is_dir() and not (folder / "run.json").is_file():
+            shutil.rmtree(folder)  # an incomplete checkpoint left by an older version or a crash
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "run.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
@@ -69,7 +190,18 @@ def load_run(folder: str | os.PathLike, expected_config: dict | None = None, dev
     meta_path = folder / "run.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"no checkpoint in {folder} (run.json missing)")
-    meta = json.loads(meta_path.read_text())
+    remedy = f"delete the folder {folder} and run again to recompute it"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise CacheError(f"the checkpoint's {meta_path} cannot be read ({err}); {remedy}") from err
+    for name, digest in meta.get("files", {}).items():  # checkpoints written before the hashes have none
+        path = folder / name
+        if not path.is_file():
+            raise CacheError(f"the checkpoint {folder} lacks its file {name}; {remedy}")
+        if _sha256(path) != digest:
+            raise CacheError(f"the checkpoint file {path} does not match the sha256 stored when it was written "
+                             f"(changed or corrupted since); {remedy}")
     if expected_config is not None:
         stored = meta.get("config", {})
         wanted = json.loads(json.dumps(expected_config, default=str))
@@ -135,17 +267,30 @@ def result_path(name: str, key: dict, cache_dir=None, modules: tuple[str, ...] =
     return cache_root(cache_dir) / "results" / f"{name}-{config_key({'name': name, 'code': code_fingerprint(modules), **key})}.json"
 
 
+def _read_result(path: Path) -> dict | None:
+    """The stored result at ``path``, or None (with a warning naming the file) when it is unreadable or
+    truncated: such an entry is computed again, never served."""
+    try:
+        return json.loads(path.read_text())["result"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        warnings.warn(f"the cached result {path} is unreadable or incomplete ({type(err).__name__}: {err}); "
+                      "computing it again", RuntimeWarning, stacklevel=3)
+        return None
+
+
 def cached_result(name: str, key: dict, compute, cache_dir=None, use_cache: bool = True, modules: tuple[str, ...] = ()) -> tuple[dict, bool]:
     """``compute()`` (a JSON-able dict) stored as ``results/<name>-<key>.json`` in the cache, keyed by
     ``key`` and the library's code (:func:`code_fingerprint` with ``modules``); returns ``(result,
-    from_cache)``. ``use_cache=False`` recomputes and overwrites. Used for the notebooks' sweeps and
-    repeated-request runs (notebooks 04–06) and the benchmark's cells (notebook 07)."""
+    from_cache)``. ``use_cache=False`` recomputes and overwrites. Under :func:`key_lock`, so two
+    processes asking for one key compute it once; written with :func:`write_atomic`; an unreadable
+    entry is computed again. Used for the notebooks' sweeps and repeated-request runs (notebooks 04–06)
+    and the benchmark's cells (notebook 07)."""
     path = result_path(name, key, cache_dir, modules)
-    if use_cache and path.is_file():
-        return json.loads(path.read_text())["result"], True
-    result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"format": CACHE_FORMAT, "name": name, "key": key, "result": result}, indent=1, default=str))
-    tmp.replace(path)
+    with key_lock(path):
+        if use_cache and path.is_file():
+            stored = _read_result(path)
+            if stored is not None:
+                return stored, True
+        result = compute()
+        write_atomic(path, json.dumps({"format": CACHE_FORMAT, "name": name, "key": key, "result": result}, indent=1, default=str))
     return json.loads(path.read_text())["result"], False

@@ -57,7 +57,11 @@ def corpus_path(name: str, directory: str | os.PathLike | None = None) -> Path:
     sums_path = folder / CHECKSUMS_FILE
     if not sums_path.is_file():
         raise DataError(f"checksum list is missing: {sums_path}")
-    expected = json.loads(sums_path.read_text())[CORPORA[name]]["sha256"]
+    try:
+        expected = json.loads(sums_path.read_text())[CORPORA[name]]["sha256"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"the checksum list {sums_path} is malformed or lacks {CORPORA[name]!r} ({type(err).__name__}: {err}); "
+                        "restore it from git or rebuild the data with scripts/build_data.py") from err
     actual = sha256_file(path)
     if actual != expected:
         raise DataError(
@@ -109,8 +113,13 @@ def load_corpus(name: str, max_chars: int | None = None, directory: str | os.Pat
 
     path = corpus_path(name, directory)
     disable_progress_bar()
-    dataset = load_dataset("text", data_files={"train": str(path)}, split="train", keep_in_memory=True)
+    # built from the file every time, never from datasets' own cache: that cache is keyed by path and
+    # modification time, so a file edited with its mtime kept would be served as its old text
+    dataset = load_dataset("text", data_files={"train": str(path)}, split="train", keep_in_memory=True,
+                           download_mode="force_redownload", verification_mode="no_checks")
     lines = list(dataset["text"])
+    if not any(line.strip() for line in lines):
+        raise DataError(f"the corpus file {path} holds no text; restore it from git or rebuild it with scripts/build_data.py")
     if max_chars is not None:
         if max_chars <= 0:
             raise ValueError(f"max_chars must be positive, got {max_chars}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -101,7 +102,53 @@ def load_pretrained(path: str | os.PathLike, device: str = "cpu", dtype=None):
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32 if dtype is None else dtype,
                                                      use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    check_causal_lm(model, f"the model in {path}")
     return model.to(device), tokenizer
+
+
+@torch.no_grad()
+def check_causal_lm(model, argument: str = "model") -> None:
+    """Raise ``TypeError`` unless ``model`` is a causal language model: a transformers ``*ForCausalLM`` /
+    ``*LMHeadModel`` class whose outputs at earlier positions do not change when a later token does
+    (an encoder such as BERT loaded as ``BertLMHeadModel`` without ``is_decoder`` fails that probe)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    classes = [c.__name__ for c in type(model).__mro__]
+    fix = "load it with AutoModelForCausalLM.from_pretrained(...) from a decoder-only checkpoint"
+    if not any(name in causal or name.endswith(("ForCausalLM", "LMHeadModel")) for name in classes):
+        raise TypeError(f"{argument}: a causal language model (a transformers *ForCausalLM) is needed, got {classes[0]}; {fix}")
+    embeddings = model.get_input_embeddings()
+    device = embeddings.weight.device
+    ids = torch.randint(0, embeddings.num_embeddings, (1, 6), generator=torch.Generator().manual_seed(0)).to(device)
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % embeddings.num_embeddings
+    was_training = model.training
+    model.eval()
+    try:
+        before, after = model(input_ids=ids).logits[0, :-1], model(input_ids=changed).logits[0, :-1]
+    finally:
+        model.train(was_training)
+    if not torch.allclose(before, after, rtol=1e-4, atol=1e-4, equal_nan=True):
+        raise TypeError(f"{argument}: {classes[0]} is not causal: its outputs at earlier positions change with a later token "
+                        f"(an encoder, or a decoder without its causal mask); {fix}")
+
+
+def pretrained_fingerprint(path: str | os.PathLike) -> str:
+    """Short sha256 of a local pretrained model folder's contents (every file's name and bytes, sorted),
+    so that a cache keyed by it notices new weights in the same folder; the folder's path plays no part."""
+    import hashlib
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"pretrained model folder not found: {folder}")
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def count_parameters(model) -> int:

@@ -39,6 +39,19 @@ class TrainConfig:
                  "eval_blocks": 128, "eval_steps": (100, 250)},
     }
 
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "block_size", "eval_every", "eval_blocks"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"TrainConfig.lr must be a positive finite number, got {self.lr}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig.grad_clip must be positive (math.inf for no clipping), got {self.grad_clip}: "
+                             "at 0 every gradient is scaled to nothing and the model never trains")
+        if not (0 <= self.min_lr_ratio <= 1 and self.warmup_steps >= 0 and self.weight_decay >= 0):
+            raise ValueError(f"TrainConfig needs 0 <= min_lr_ratio <= 1, warmup_steps >= 0 and weight_decay >= 0, got "
+                             f"{self.min_lr_ratio}, {self.warmup_steps} and {self.weight_decay}")
+
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "TrainConfig":
         """The profile's row of ``PROFILE_DEFAULTS``, then ``overrides``."""
@@ -117,6 +130,11 @@ def train_language_model(
 
     if len(train_ids) <= cfg.block_size + 1:
         raise ValueError(f"training text has {len(train_ids)} tokens, fewer than block_size + 2 = {cfg.block_size + 2}")
+    config = getattr(model, "config", None)
+    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if positions is not None and cfg.block_size > positions:
+        raise ValueError(f"TrainConfig.block_size = {cfg.block_size} is longer than the model's {positions} positions; "
+                         f"use block_size <= {positions}")
     generator = torch.Generator().manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..core.cache import cache_root, cached_result, config_key, load_run, save_run
+from ..core.cache import cache_root, cached_result, config_key, key_lock, load_run, save_run
 from ..core.data import corpus_path, sha256_file
 from ..core.evaluation import compute_perplexity, tokenize_lines
 from ..core.models import make_model
@@ -71,17 +71,18 @@ def train_case_study_model(cfg: CaseStudyConfig, seed: int = 0, device=None, wit
     run_config = {"kind": "case_study", "seed": seed, "data_sha256": [sha256_file(corpus_path(c)) for c in (cfg.corpus, cfg.passage_corpus)],
                   **cfg.to_dict(), "without": sorted(without)}
     folder = cache_root(cache_dir) / f"case_study-{config_key(run_config)}"
-    if (folder / "run.json").is_file():
-        run = load_run(folder, run_config, device=device)
-        return CaseStudyModel(run.model, run.tokenizer, study, run.record, True)
-    model = make_model(cfg.model, len(tokenizer), seed=seed, device=device)
-    train_ids = tokenize_lines(tokenizer, study.lines_without(*without))
-    val_ids = tokenize_lines(tokenizer, study.splits.validation)
-    start = time.perf_counter()
-    history = train_language_model(model, train_ids, val_ids, cfg.train, seed=seed, device=device, progress=progress)
-    record = {"history": history.to_dict(), "train_seconds": time.perf_counter() - start}
-    save_run(folder, model, tokenizer, run_config, record)
-    return CaseStudyModel(model, tokenizer, study, record, False)
+    with key_lock(folder):  # a second process asking for this checkpoint waits, then loads it
+        if (folder / "run.json").is_file():
+            run = load_run(folder, run_config, device=device)
+            return CaseStudyModel(run.model, run.tokenizer, study, run.record, True)
+        model = make_model(cfg.model, len(tokenizer), seed=seed, device=device)
+        train_ids = tokenize_lines(tokenizer, study.lines_without(*without))
+        val_ids = tokenize_lines(tokenizer, study.splits.validation)
+        start = time.perf_counter()
+        history = train_language_model(model, train_ids, val_ids, cfg.train, seed=seed, device=device, progress=progress)
+        record = {"history": history.to_dict(), "train_seconds": time.perf_counter() - start}
+        save_run(folder, model, tokenizer, run_config, record)
+        return CaseStudyModel(model, tokenizer, study, record, False)
 
 
 # ----------------------------------------------------------------------------------- measurements

@@ -33,13 +33,14 @@ from ..core.cache import (
     cache_root,
     cached_result,
     config_key,
+    key_lock,
     load_run,
     result_path,
     save_run,
 )
 from ..core.data import CORPORA, corpus_path, sha256_file
 from ..core.evaluation import compute_loss, tokenize_lines
-from ..core.models import load_pretrained, make_model
+from ..core.models import load_pretrained, make_model, pretrained_fingerprint
 from ..core.profiles import (
     config_for_profile,
     model_scale,
@@ -73,18 +74,21 @@ def train_dp_model(cfg: MemorizationConfig, dp: DPConfig, seed: int = 0, device:
     run_config = {"kind": "dp-sgd", "seed": seed, "data_sha256": sha256_file(corpus_path(cfg.corpus)), **cfg.to_dict(),
                   "dp": dp.to_dict()}
     run_config.pop("estimate_samples")
+    if cfg.model.pretrained_path:  # keyed by the weights, not the folder's path
+        run_config["pretrained_sha256"] = pretrained_fingerprint(cfg.model.pretrained_path)
     folder = cache_root(cache_dir) / f"dp-{config_key(run_config)}"
-    if (folder / "run.json").is_file():
-        run = load_run(folder, run_config, device=device)
-        return TrainedModel(run.model, run.tokenizer, run.record, True, canaries, splits)
-    model = pretrained[0] if pretrained else make_model(cfg.model, len(tokenizer), seed=seed, device=device)
-    train_ids = tokenize_lines(tokenizer, inserted.lines)
-    val_ids = tokenize_lines(tokenizer, splits.validation)
-    start = time.perf_counter()
-    history, privacy = train_dp_language_model(model, train_ids, val_ids, cfg.train, dp, seed=seed, device=device, progress=progress)
-    record = {"history": history.to_dict(), "privacy": privacy, "train_seconds": time.perf_counter() - start}
-    save_run(folder, model, tokenizer, run_config, record)
-    return TrainedModel(model, tokenizer, record, False, canaries, splits)
+    with key_lock(folder):  # a second process asking for this checkpoint waits, then loads it
+        if (folder / "run.json").is_file():
+            run = load_run(folder, run_config, device=device)
+            return TrainedModel(run.model, run.tokenizer, run.record, True, canaries, splits)
+        model = pretrained[0] if pretrained else make_model(cfg.model, len(tokenizer), seed=seed, device=device)
+        train_ids = tokenize_lines(tokenizer, inserted.lines)
+        val_ids = tokenize_lines(tokenizer, splits.validation)
+        start = time.perf_counter()
+        history, privacy = train_dp_language_model(model, train_ids, val_ids, cfg.train, dp, seed=seed, device=device, progress=progress)
+        record = {"history": history.to_dict(), "privacy": privacy, "train_seconds": time.perf_counter() - start}
+        save_run(folder, model, tokenizer, run_config, record)
+        return TrainedModel(model, tokenizer, record, False, canaries, splits)
 
 
 # ----------------------------------------------------------------------------------- the study

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
-from ..core.cache import cache_root, cached_result, config_key, load_run, save_run
+from ..core.cache import cache_root, cached_result, config_key, key_lock, load_run, save_run
 from ..core.canaries import (
     Canary,
     InsertedCorpus,
@@ -21,7 +21,7 @@ from ..core.canaries import (
 )
 from ..core.data import CORPORA, CorpusSplits, corpus_path, load_corpus, sha256_file
 from ..core.evaluation import compute_perplexity, tokenize_lines
-from ..core.models import ModelConfig, count_parameters, load_pretrained, make_model
+from ..core.models import ModelConfig, count_parameters, load_pretrained, make_model, pretrained_fingerprint
 from ..core.profiles import (
     config_for_profile,
     progress_options,
@@ -195,30 +195,33 @@ def train_memorization_model(cfg: MemorizationConfig, seed: int = 0, device: str
         raise ValueError(f"unknown canary names {unknown}; this run has {sorted(names)}")
     run_config = {"kind": "memorization", "seed": seed, "data_sha256": sha256_file(corpus_path(cfg.corpus)), **cfg.to_dict()}
     run_config.pop("estimate_samples")  # evaluation setting only
+    if cfg.model.pretrained_path:  # keyed by the weights, not the folder's path
+        run_config["pretrained_sha256"] = pretrained_fingerprint(cfg.model.pretrained_path)
     if without:
         run_config["without"] = sorted(without)
     folder = cache_root(cache_dir) / f"memorization-{config_key(run_config)}"
-    if (folder / "run.json").is_file():
-        run = load_run(folder, run_config, device=device)
-        return TrainedModel(run.model, run.tokenizer, run.record, True, canaries, splits)
-    model = pretrained[0] if pretrained else make_model(cfg.model, len(tokenizer), seed=seed, device=device)
-    dropped = {i for name in without for i in inserted.positions[name]}
-    train_lines = [line for i, line in enumerate(inserted.lines) if i not in dropped]
-    train_ids = tokenize_lines(tokenizer, train_lines)
-    val_ids = tokenize_lines(tokenizer, splits.validation)
-    tracked = [c for c in _tracked(canaries)] if cfg.track_exposure and not without else []
-    trajectory: dict[str, list[list[float]]] = {c.name: [] for c in tracked}
+    with key_lock(folder):  # a second process asking for this checkpoint waits, then loads it
+        if (folder / "run.json").is_file():
+            run = load_run(folder, run_config, device=device)
+            return TrainedModel(run.model, run.tokenizer, run.record, True, canaries, splits)
+        model = pretrained[0] if pretrained else make_model(cfg.model, len(tokenizer), seed=seed, device=device)
+        dropped = {i for name in without for i in inserted.positions[name]}
+        train_lines = [line for i, line in enumerate(inserted.lines) if i not in dropped]
+        train_ids = tokenize_lines(tokenizer, train_lines)
+        val_ids = tokenize_lines(tokenizer, splits.validation)
+        tracked = [c for c in _tracked(canaries)] if cfg.track_exposure and not without else []
+        trajectory: dict[str, list[list[float]]] = {c.name: [] for c in tracked}
 
-    def on_eval(step, current):
-        for c in tracked if step < cfg.train.steps else []:
-            trajectory[c.name].append([step, compute_exposure(current, tokenizer, c, device=device, progress=progress).exposure])
+        def on_eval(step, current):
+            for c in tracked if step < cfg.train.steps else []:
+                trajectory[c.name].append([step, compute_exposure(current, tokenizer, c, device=device, progress=progress).exposure])
 
-    start = time.perf_counter()
-    history = train_language_model(model, train_ids, val_ids, cfg.train, seed=seed, device=device, on_eval=on_eval, progress=progress)
-    train_seconds = time.perf_counter() - start
-    record = {"history": history.to_dict(), "trajectory": trajectory, "train_seconds": train_seconds, "train_lines": len(train_lines)}
-    save_run(folder, model, tokenizer, run_config, record)
-    return TrainedModel(model, tokenizer, record, False, canaries, splits)
+        start = time.perf_counter()
+        history = train_language_model(model, train_ids, val_ids, cfg.train, seed=seed, device=device, on_eval=on_eval, progress=progress)
+        train_seconds = time.perf_counter() - start
+        record = {"history": history.to_dict(), "trajectory": trajectory, "train_seconds": train_seconds, "train_lines": len(train_lines)}
+        save_run(folder, model, tokenizer, run_config, record)
+        return TrainedModel(model, tokenizer, record, False, canaries, splits)
 
 
 def train_retrained_model(cfg: MemorizationConfig, without: tuple[str, ...], seed: int = 0, device: str | None = None, cache_dir=None,

@@ -58,8 +58,9 @@ class DPConfig:
             raise ValueError(f"target_epsilon must be a positive finite number, got {self.target_epsilon}")
         if self.delta is not None and not 0 < self.delta < 1:
             raise ValueError(f"delta must lie in (0, 1), got {self.delta}")
-        if not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm (the clipping bound) must be positive, got {self.max_grad_norm}")
+        if not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise ValueError(f"max_grad_norm (the clipping bound C) must be a positive finite number, got {self.max_grad_norm}: "
+                             "without a finite bound no noise scale makes the run private")
         if self.noise_multiplier is not None and not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
             raise ValueError(f"noise_multiplier must be a finite number >= 0, got {self.noise_multiplier}")
         if self.accountant not in ACCOUNTANTS:
@@ -276,6 +277,9 @@ def train_dp_language_model(model, train_ids: torch.Tensor, val_ids: torch.Tenso
     delta = dp.delta if dp.delta is not None else 1.0 / n
     if not 0 < delta < 1:
         raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    if delta > 1.0 / n:
+        warnings.warn(f"delta = {delta:g} is above 1/n = {1 / n:.3g} for n = {n:,} training windows: such a guarantee allows "
+                      "leaking some window outright; use delta <= 1/n (the default)", UserWarning, stacklevel=2)
     sigma = dp.noise_multiplier if dp.noise_multiplier is not None else noise_multiplier_for(
         dp.target_epsilon, delta, sample_rate, cfg.steps, dp.accountant)
     decay = [p for p in model.parameters() if p.dim() >= 2]

@@ -25,6 +25,30 @@ def exposure_from_scores(scores_bits: np.ndarray, secret_index: int) -> tuple[in
 
 
 
+#: the most candidates :func:`compute_exposure` scores (about 150 bytes each while scored: 1.4 GiB)
+MAX_CANDIDATES = 10**7
+
+
+def sample_secrets(space, n: int, rng: np.random.Generator, exclude: str | None = None) -> list[str]:
+    """``n`` distinct secrets drawn uniformly from ``space`` without replacement (never ``exclude``), in
+    lexicographic order. Spaces beyond int64 (|R| = 10^30, say) are sampled symbol by symbol, in Python
+    integers, so no count overflows."""
+    size = space.size - (exclude is not None)
+    if n > size:
+        raise ValueError(f"cannot draw {n:,} distinct secrets from a space of {size:,}")
+    if space.size < 2**62:
+        skip = space.index(exclude) if exclude is not None else space.size
+        picks = rng.choice(size, size=n, replace=False)
+        return [space.secret(int(i)) for i in np.sort(picks + (picks >= skip))]
+    base, picked = len(space.alphabet), set()
+    while len(picked) < n:
+        for row in rng.integers(0, base, size=(n - len(picked), space.length)):
+            secret = "".join(space.alphabet[d] for d in row)
+            if secret != exclude:
+                picked.add(secret)
+    return sorted(picked, key=space.index)[:n]
+
+
 @dataclass
 class ExposureResult:
     """Exact exposure of one canary over its whole randomness space (or ``space_size`` sampled candidates)."""
@@ -88,15 +112,18 @@ def compute_exposure(
     space = canary.space
     if candidates is not None and not 2 <= candidates:
         raise ValueError(f"candidates must be at least 2, got {candidates}")
+    scored = space.size if candidates is None else min(candidates, space.size)
+    if scored > MAX_CANDIDATES:
+        raise ValueError(f"scoring {scored:,} candidates would hold every one of them in memory (about {scored * 150 / 2**30:,.1f} GiB) "
+                         f"and take hours; the limit is {MAX_CANDIDATES:,}: pass candidates=100_000 to rank the secret among "
+                         "sampled candidates, or use estimate_exposure (the skew-normal estimate)")
     start = time.perf_counter()
     index = space.index(canary.secret)
     if candidates is None or candidates >= space.size:
         secrets, position = None, index
     else:
-        rng = np.random.default_rng(seed)
-        others = rng.choice(space.size - 1, size=candidates - 1, replace=False)
-        others = np.sort(others + (others >= index))  # skip the secret's own index
-        secrets, position = [space.secret(int(i)) for i in others] + [canary.secret], candidates - 1
+        others = sample_secrets(space, candidates - 1, np.random.default_rng(seed), exclude=canary.secret)
+        secrets, position = others + [canary.secret], candidates - 1
     desc = f"exposure of {canary.name}" if canary.name else "exposure"
     if method == "trie":
         scores = score_trie(model, canary_trie(tokenizer, canary, context, secrets), device=device, progress=progress, desc=desc)
@@ -135,9 +162,10 @@ def estimate_exposure(
     space = canary.space
     if n_samples < 10:
         raise ValueError(f"n_samples must be at least 10 to fit a skew-normal, got {n_samples}")
-    rng = np.random.default_rng(seed)
-    picks = rng.choice(space.size, size=min(n_samples, space.size), replace=False)
-    secrets = [space.secret(int(i)) for i in picks] + [canary.secret]
+    if n_samples > MAX_CANDIDATES:
+        raise ValueError(f"n_samples must be at most {MAX_CANDIDATES:,}, got {n_samples:,}; a few thousand fit the skew-normal well")
+    picks = sample_secrets(space, min(n_samples, space.size), np.random.default_rng(seed))
+    secrets = picks + [canary.secret]
     scores = score_trie(model, canary_trie(tokenizer, canary, context, secrets), device=device, progress=False)
     shape, loc, scale = stats.skewnorm.fit(scores[:-1])
     log_cdf = stats.skewnorm.logcdf(scores[-1], shape, loc=loc, scale=scale)

@@ -35,6 +35,7 @@ from .base import (
     Method,
     UnlearningError,
     UnlearningReport,
+    check_unlearning_inputs,
     max_positions,
     prepare_unlearning_data,
 )
@@ -82,6 +83,7 @@ def unlearn(model, tokenizer, forget, retain=None, method: str = "fisher_removal
     cfg = config if config is not None else spec.config()
     if not isinstance(cfg, spec.config):
         raise TypeError(f"method {method!r} takes a {spec.config.__name__}, got {type(cfg).__name__}")
+    retain = check_unlearning_inputs(model, forget, retain)
     if spec.needs_retain and (retain is None or len(retain) == 0):
         raise ValueError(f"method {method!r} needs a retain set")
     start = time.perf_counter()

@@ -11,11 +11,14 @@ forget set of a canary, over its secret or its whole line. Used through
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
+
+from ..core.models import check_causal_lm
 
 
 class UnlearningError(RuntimeError):
@@ -67,6 +70,31 @@ def _as_pair(item) -> tuple[str, str]:
     if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
         return item[0], item[1]
     raise TypeError(f"a forget item is a text or a (context, target) pair of texts, got {item!r}")
+
+
+def check_unlearning_inputs(model, forget, retain) -> list | None:
+    """The door checks of :func:`~tutorial_lib.unlearning.api.unlearn`: ``model`` must be a causal LM
+    (:func:`~tutorial_lib.core.models.check_causal_lm`), ``forget`` and ``retain`` lists of texts
+    (a single string would be read as one example per character). Returns ``retain`` without the items
+    that are also in the forget set (a forget item's text, or its context + target), with a warning
+    that counts them: the retain set must not hold what is to be forgotten."""
+    check_causal_lm(model)
+    low = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype in (torch.float16, torch.bfloat16)})
+    if low:
+        raise TypeError(f"model: its weights are {', '.join(low)}; the Newton step and the Fisher need float32 (in 16 bits a "
+                        "small step rounds away and K-FAC's eigendecomposition is unavailable): pass model.float()")
+    for name, value in (("forget", forget), ("retain", retain)):
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"{name} must be a list of texts, got one string of {len(value)} characters (it would count "
+                            f"every character as an example); pass [{name}] for a single text")
+    if not retain:
+        return retain
+    forgotten = {item if isinstance(item, str) else "".join(item) for item in forget if isinstance(item, (str, tuple, list))}
+    kept = [r for r in retain if r not in forgotten]
+    if len(kept) < len(retain):
+        warnings.warn(f"{len(retain) - len(kept)} retain item(s) are also in the forget set and were removed from the retain set",
+                      UserWarning, stacklevel=3)
+    return kept
 
 
 def max_positions(model) -> int | None:

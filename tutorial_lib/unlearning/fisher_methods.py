@@ -64,6 +64,10 @@ class FisherRemovalConfig(_FisherStepConfig):
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": {"eta": 5e-4}, "small": {"eta": 5e-3}, "full": {"eta": 5e-3}}
 
+    def __post_init__(self):
+        _check_common(self)
+        _check_eta(self)
+
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "FisherRemovalConfig":
         """Defaults chosen from notebook 04's sweep: the step scale η/(n−k) comes out at about 2e-7
@@ -97,6 +101,8 @@ class FisherForgettingConfig(_FisherStepConfig):
             raise ValueError("Fisher Forgetting needs F^p: use structure diagonal, woodbury or kfac")
         if not (self.mu >= 0 and self.sigma >= 0):
             raise ValueError(f"mu and sigma must be >= 0, got mu={self.mu}, sigma={self.sigma}")
+        if self.variant == "newton_noise":
+            _check_eta(self)
 
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "FisherForgettingConfig":
@@ -105,6 +111,12 @@ class FisherForgettingConfig(_FisherStepConfig):
         (:func:`~tutorial_lib.experiments.sweeps.run_forgetting_sweep`): μ = 1e-14 at ``small`` (and ``full``),
         1e-10 at ``tiny`` (``PROFILE_DEFAULTS``), then ``overrides``."""
         return config_for_profile(cls, profile, overrides, eta=FisherRemovalConfig.for_profile(profile).eta)
+
+
+def _check_eta(cfg) -> None:
+    if not (cfg.eta > 0 and math.isfinite(cfg.eta)):
+        raise ValueError(f"eta (the step scale) must be a positive finite number, got {cfg.eta}: at 0 nothing is removed, "
+                         "and a negative step makes the model learn the forget set")
 
 
 def _check_common(cfg) -> None:
