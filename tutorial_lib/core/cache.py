@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .data import sha256_file
 from .models import transformers_bars_off
 
 CACHE_ENV = "TUTORIAL_CACHE_DIR"
@@ -114,14 +115,6 @@ def key_lock(path: str | os.PathLike):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_root(path: str | os.PathLike | None = None) -> Path:
     """``path`` if given, else ``$TUTORIAL_CACHE_DIR``, else ``~/.cache/tutorial_lib``."""
     if path is not None:
@@ -162,7 +155,7 @@ def save_run(folder: str | os.PathLike, model, tokenizer, config: dict, record: 
         with transformers_bars_off():
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         meta = {"format": CACHE_FORMAT, "config": config, "record": record, "files": files}
         (tmp / "run.json").write_text(json.dumps(meta, indent=1, default=str))
         for p in tmp.iterdir():
@@ -199,7 +192,7 @@ def load_run(folder: str | os.PathLike, expected_config: dict | None = None, dev
         path = folder / name
         if not path.is_file():
             raise CacheError(f"the checkpoint {folder} lacks its file {name}; {remedy}")
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise CacheError(f"the checkpoint file {path} does not match the sha256 stored when it was written "
                              f"(changed or corrupted since); {remedy}")
     if expected_config is not None:

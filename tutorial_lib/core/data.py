@@ -104,6 +104,9 @@ def split_lines(lines: list[str], block_lines: int = 50, holdout_every: int = 20
     return CorpusSplits(name=name, train=train, validation=validation, test=test)
 
 
+_LINES: dict[str, list[str]] = {}  # corpus lines read in this process, by the sha256 of their file
+
+
 def load_corpus(name: str, max_chars: int | None = None, directory: str | os.PathLike | None = None) -> CorpusSplits:
     """Load corpus ``name`` with ``datasets.load_dataset("text", ...)`` after checking its sha256,
     keep its first ``max_chars`` characters (whole lines), and split it deterministically.
@@ -112,14 +115,22 @@ def load_corpus(name: str, max_chars: int | None = None, directory: str | os.Pat
     from datasets.utils.logging import disable_progress_bar
 
     path = corpus_path(name, directory)
-    disable_progress_bar()
-    # built from the file every time, never from datasets' own cache: that cache is keyed by path and
-    # modification time, so a file edited with its mtime kept would be served as its old text
-    dataset = load_dataset("text", data_files={"train": str(path)}, split="train", keep_in_memory=True,
-                           download_mode="force_redownload", verification_mode="no_checks")
-    lines = list(dataset["text"])
-    if not any(line.strip() for line in lines):
-        raise DataError(f"the corpus file {path} holds no text; restore it from git or rebuild it with scripts/build_data.py")
+    digest = sha256_file(path)
+    lines = _LINES.get(digest)
+    if lines is None:
+        disable_progress_bar()
+        # built from the file, never from datasets' own cache: that cache is keyed by path and modification
+        # time, so a file edited with its mtime kept would be served as its old text; kept in this process
+        # by the sha256 of the file's bytes instead
+        dataset = load_dataset("text", data_files={"train": str(path)}, split="train", keep_in_memory=True,
+                               download_mode="force_redownload", verification_mode="no_checks")
+        lines = list(dataset["text"])
+        if not any(line.strip() for line in lines):
+            raise DataError(f"the corpus file {path} holds no text; restore it from git or rebuild it with scripts/build_data.py")
+        while len(_LINES) >= 8:
+            _LINES.pop(next(iter(_LINES)))
+        _LINES[digest] = lines
+    lines = list(lines)
     if max_chars is not None:
         if max_chars <= 0:
             raise ValueError(f"max_chars must be positive, got {max_chars}")
