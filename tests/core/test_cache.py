@@ -80,9 +80,9 @@ def test_two_processes_filling_the_same_100_results_compute_each_once(tmp_path):
 
 
 def test_two_processes_saving_the_same_checkpoints_never_read_a_partial_one(tmp_path):
-    assert _run_two(_fill_checkpoints, tmp_path / "cache", 30) == ["ok", "ok"]
+    assert _run_two(_fill_checkpoints, tmp_path / "cache", 100) == ["ok", "ok"]
     folders = sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
-    assert folders == sorted(f"ckpt-{i}" for i in range(30))  # no temporary folder left behind
+    assert folders == sorted(f"ckpt-{i}" for i in range(100))  # no temporary folder left behind
 
 
 # --------------------------------------------------------------------- a checkpoint that cannot lie
@@ -102,6 +102,11 @@ def test_a_missing_or_truncated_checkpoint_file_is_a_clear_error(tmp_path):
     folder = save_run(tmp_path / "run", model, tokenizer, {"kind": "test"}, {})
     (folder / "tokenizer.json").unlink()
     with pytest.raises(CacheError, match="lacks its file tokenizer.json"):
+        load_run(folder)
+    folder = save_run(tmp_path / "cut", model, tokenizer, {"kind": "test"}, {})
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(CacheError, match="model.safetensors does not match the sha256"):
         load_run(folder)
     folder = save_run(tmp_path / "other", model, tokenizer, {"kind": "test"}, {})
     (folder / "run.json").write_text('{"format": 1, "conf')

@@ -90,3 +90,16 @@ def test_a_pretrained_model_is_cached_by_its_weights_not_its_folder(tmp_path, by
         runs.append(train_memorization_model(cfg, seed=0, device="cpu", cache_dir=tmp_path / "cache", progress=False))
     assert [r.from_cache for r in runs] == [False, True, False]
     assert not torch.equal(runs[0].model.lm_head.weight, runs[2].model.lm_head.weight)
+
+
+def test_an_encoder_folder_is_refused_as_a_causal_lm(tmp_path, byte_tokenizer):
+    """The full profile's loader: a BERT checkpoint loads as ``BertLMHeadModel`` through AutoModelForCausalLM,
+    but sees later tokens; it is refused with the reason, before any training."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder = tmp_path / "bert"
+    BertForMaskedLM(BertConfig(vocab_size=len(byte_tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32)).save_pretrained(folder)
+    byte_tokenizer.save_pretrained(folder)
+    with pytest.raises(TypeError, match=r"the model in .*bert: BertLMHeadModel is not causal"):
+        load_pretrained(folder)

@@ -126,6 +126,9 @@ def test_the_door_refuses_what_would_give_a_meaningless_result(micro, byte_token
     with pytest.raises(ValueError, match="eta"):
         FisherForgettingConfig(eta=-1.0)
     assert FisherForgettingConfig(variant="noise", eta=0.0).eta == 0.0  # noise only: no step, eta unused
+    for mu, sigma in ((1e300, 1e10), (1.0, 1e200), (math.inf, 1.0)):
+        with pytest.raises(ValueError, match=r"mu \* sigma\^2 must be finite"):
+            FisherForgettingConfig(mu=mu, sigma=sigma)
     with pytest.raises(TypeError, match=r"retain must be a list of texts, got one string of \d+ characters.*pass \[retain\]"):
         unlearn(micro, byte_tokenizer, FORGET, " ".join(RETAIN))
     with pytest.raises(TypeError, match=r"forget must be a list of texts.*pass \[forget\]"):
@@ -140,6 +143,8 @@ def test_the_door_refuses_what_would_give_a_meaningless_result(micro, byte_token
                                          intermediate_size=32, is_decoder=False))  # an LM head on an encoder: sees the future
     with pytest.raises(TypeError, match="BertLMHeadModel is not causal: its outputs at earlier positions change"):
         unlearn(encoder, byte_tokenizer, FORGET, RETAIN)
+    with pytest.raises(ValueError, match="block_size = 64 is longer than the model's 32 positions"):
+        unlearn(micro, byte_tokenizer, FORGET, RETAIN, config=FisherRemovalConfig(block_size=64))
     with pytest.raises(TypeError, match="weights are bfloat16.*pass model.float"):
         unlearn(copy.deepcopy(micro).to(torch.bfloat16), byte_tokenizer, FORGET, RETAIN)
     assert _same(micro, before)

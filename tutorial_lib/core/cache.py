@@ -54,6 +54,20 @@ def _shared_mode(path: Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk, where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a unique temporary file, flushed to disk, then renamed into
     place: a reader sees the old file or the whole new one, and two writers never share a file."""
@@ -66,6 +80,7 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
             os.fsync(f.fileno())
         _shared_mode(tmp)
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -166,6 +181,7 @@ def save_run(folder: str | os.PathLike, model, tokenizer, config: dict, record: 
             shutil.rmtree(folder)  # an incomplete checkpoint left by an older version or a crash
         try:
             os.rename(tmp, folder)
+            _fsync_folder(folder.parent)
         except OSError:
             if not (folder / "run.json").is_file():
                 raise

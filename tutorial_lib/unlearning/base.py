@@ -114,6 +114,9 @@ def prepare_unlearning_data(model, tokenizer, forget, retain=None, n_train: int 
     if len(tokenizer) > vocab:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {vocab}: they do not belong together")
     max_len = max_positions(model)
+    if max_len is not None and block_size > max_len:
+        raise ValueError(f"block_size = {block_size} is longer than the model's {max_len} positions; set the config's "
+                         f"block_size <= {max_len}")
     counts = Counter(_as_pair(item) for item in forget)
     rows, masks = [], []
     for (context, target), _ in counts.items():

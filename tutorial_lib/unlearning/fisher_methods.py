@@ -101,6 +101,13 @@ class FisherForgettingConfig(_FisherStepConfig):
             raise ValueError("Fisher Forgetting needs F^p: use structure diagonal, woodbury or kfac")
         if not (self.mu >= 0 and self.sigma >= 0):
             raise ValueError(f"mu and sigma must be >= 0, got mu={self.mu}, sigma={self.sigma}")
+        try:
+            scale = float(self.mu) * float(self.sigma) ** 2
+        except OverflowError:
+            scale = math.inf
+        if not math.isfinite(scale):
+            raise ValueError(f"mu * sigma^2 must be finite, got mu={self.mu}, sigma={self.sigma}: the noise (mu sigma^2)^(1/4) "
+                             "F^p eps would be infinite; the notebook 05 sweep uses mu between 1e-16 and 1e-8 with sigma = 1")
         if self.variant == "newton_noise":
             _check_eta(self)
 
