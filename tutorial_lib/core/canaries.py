@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .tokenization import check_texts
+
 SLOT = "{secret}"
 
 
@@ -159,6 +161,7 @@ class InsertedCorpus:
 def insert_canaries(lines: list[str], canaries: list[Canary], seed: int = 0) -> InsertedCorpus:
     """Insert each canary ``insertions`` times as its own line at seeded positions.
     Notebook 03, "Canaries"."""
+    check_texts(lines, "lines")
     rng = np.random.default_rng(seed)
     items = []
     for c in canaries:

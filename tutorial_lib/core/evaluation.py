@@ -5,9 +5,12 @@ import math
 
 import torch
 
+from .tokenization import check_texts
+
 
 def tokenize_lines(tokenizer, lines: list[str]) -> torch.Tensor:
     """Token ids of the lines joined by newlines, as one 1-D tensor."""
+    check_texts(lines, "lines")
     return torch.tensor(tokenizer("\n".join(lines), add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 

@@ -46,12 +46,22 @@ def make_byte_tokenizer():
     return _wrap(tok)
 
 
+def check_texts(value, argument: str = "texts") -> None:
+    """Raise ``TypeError`` when ``value``, which should be a list of texts, is one string (or bytes): it
+    would be read as one text per character. The public functions that take texts call this at the door."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{argument} must be a list of texts, got one string of {len(value)} characters (it would count "
+                        f"every character as a text); pass [{argument}] for a single text")
+
+
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2):
     """Train a byte-level BPE (GPT-2 style pre-tokenisation) on ``texts``.
 
     With digits in the training text, merges create multi-digit tokens, so secrets split into
     pieces of different lengths. Notebook 03, "Exposure for any tokenizer"."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    check_texts(texts)
 
     if vocab_size < 257:
         raise ValueError(f"vocab_size must be at least 257 (256 bytes + end-of-text), got {vocab_size}")

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluation import compute_loss
+from .models import check_causal_lm
 from .profiles import config_for_profile, progress_options
 
 
@@ -128,6 +129,7 @@ def train_language_model(
     :class:`TrainConfig`) measure the validation loss and call ``on_eval(step, model)``.
     Notebook 03, "The experiment"."""
 
+    check_causal_lm(model)
     if len(train_ids) <= cfg.block_size + 1:
         raise ValueError(f"training text has {len(train_ids)} tokens, fewer than block_size + 2 = {cfg.block_size + 2}")
     config = getattr(model, "config", None)

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..core.tokenization import check_texts
+
 
 # ----------------------------------------------------------------------------------- losses
 class Outputs(NamedTuple):
@@ -82,6 +84,7 @@ def sample_losses(out: Outputs) -> torch.Tensor:
 
 def make_lm_batch(tokenizer, texts: list[str], max_length: int, device="cpu") -> dict:
     """Right-padded ``input_ids`` and ``attention_mask`` for a list of texts (cut at ``max_length``)."""
+    check_texts(texts)
     if not texts:
         raise ValueError("no texts to batch")
     rows = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]

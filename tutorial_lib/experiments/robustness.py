@@ -32,12 +32,14 @@ from tqdm.auto import tqdm
 from ..core.cache import cached_result
 from ..core.canaries import NAMES, Canary
 from ..core.evaluation import compute_loss, tokenize_lines
+from ..core.models import check_causal_lm
 from ..core.profiles import (
     config_for_profile,
     model_scale,
     progress_options,
     resolve_profile,
 )
+from ..core.tokenization import check_texts
 from ..core.training import TrainConfig, train_language_model
 from ..privacy.exposure import compute_exposure
 from ..unlearning.api import METHODS, repeated_unlearning
@@ -161,6 +163,7 @@ def relearning_texts(canaries: list[Canary], retain: list[str], cfg: RelearningC
     """The attacker's related data: ``cfg.n_canaries`` canaries in the format of ``canaries`` with
     names and secrets of their own (none of the run's names, none of its secrets), ``cfg.copies``
     times each, shuffled with ``cfg.n_retain`` lines of ``retain``. Notebook 10, "Relearning"."""
+    check_texts(retain, "retain")
     if not canaries:
         raise ValueError("no canaries to take the format from")
     template, space, name = canaries[0].format, canaries[0].space, canaries[0].name
@@ -190,6 +193,8 @@ def relearning_attack(model, tokenizer, texts: list[str], cfg: RelearningConfig,
     ``cfg.lr``: random windows of ``block_size`` tokens of the joined texts, as in training.
     ``on_checkpoint(step, model)`` is called after each step in ``cfg.checkpoints``. Returns the
     attacked model. Notebook 10, "Relearning"."""
+    check_causal_lm(model)
+    check_texts(texts)
     if not texts:
         raise ValueError("the relearning set is empty")
     attacked = model if inplace else copy.deepcopy(model)

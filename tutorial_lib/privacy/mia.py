@@ -26,6 +26,9 @@ import zlib
 import numpy as np
 import torch
 
+from ..core.models import check_causal_lm
+from ..core.tokenization import check_texts
+
 ATTACKS = ("loss", "zlib", "min_k", "reference")
 
 
@@ -84,6 +87,8 @@ def min_k_score(logprobs: np.ndarray, k: float = 0.2) -> float:
 def attack_scores(model, tokenizer, texts: list[str], attacks: tuple[str, ...] = ATTACKS, reference=None, k: float = 0.2) -> dict[str, np.ndarray]:
     """Every attack's score (higher = more likely a member) for each text; ``reference`` (a model)
     is needed for the ``reference`` attack and skipped without one."""
+    check_causal_lm(model)
+    check_texts(texts)
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
         raise ValueError(f"unknown attack {unknown[0]!r}; expected one of {', '.join(ATTACKS)}")
@@ -141,6 +146,8 @@ def membership_inference(model, tokenizer, members: list[str], nonmembers: list[
                          attacks: tuple[str, ...] = ATTACKS, fpr: float = 0.01, k: float = 0.2) -> dict[str, dict]:
     """Every attack on ``members`` (e.g. forgotten records) against ``nonmembers`` (never-seen texts
     of the same template): ``{attack: {"auc", "tpr_at_fpr", "fpr"}}``."""
+    check_texts(members, "members")
+    check_texts(nonmembers, "nonmembers")
     return summarise_attacks(attack_scores(model, tokenizer, members, attacks, reference, k),
                              attack_scores(model, tokenizer, nonmembers, attacks, reference, k), fpr)
 
@@ -156,6 +163,8 @@ def generate_continuations(model, tokenizer, prefixes: list[str], max_new_tokens
                            temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> list[list[str]]:
     """For each prefix, ``n_samples`` continuations of ``max_new_tokens`` tokens (greedy: one), decoded,
     with ``model.generate``; sampling is seeded."""
+    check_causal_lm(model)
+    check_texts(prefixes, "prefixes")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core.models import check_causal_lm
 from ..core.profiles import progress_options
+from ..core.tokenization import check_texts
 
 LN2 = math.log(2.0)
 
@@ -106,6 +108,7 @@ def _build_levels(suffix: np.ndarray, depth: np.ndarray) -> tuple[list, list, li
 
 def build_trie(tokenizer, texts: list[str]) -> CandidateTrie:
     """Tokenize every text whole and arrange the token sequences as a trie."""
+    check_texts(texts)
     array, lengths, shared = _encode(tokenizer, texts)
     depth = lengths - shared
     return CandidateTrie(array[0, :shared].copy(), depth, *_build_levels(array[:, shared:], depth))
@@ -285,6 +288,7 @@ def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float 
     keys and values (checked against the plain cached forward on the first batch; ``False`` always
     uses the plain one). ``progress``: a bar (``desc``) over the candidates scored, cleared when done
     inside another bar. Notebook 03, "Exact exposure through a trie"."""
+    check_causal_lm(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -367,6 +371,7 @@ def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float 
 
 def score_candidates(model, tokenizer, texts: list[str], device=None, progress: bool = True) -> np.ndarray:
     """Log-perplexity in bits of every text (tokenized whole), scored through their token trie."""
+    check_texts(texts)
     return score_trie(model, build_trie(tokenizer, texts), device=device, progress=progress)
 
 
@@ -375,6 +380,8 @@ def score_candidates_bruteforce(model, tokenizer, texts: list[str], device=None,
                                 desc: str = "scoring candidates") -> np.ndarray:
     """The naive way: every text scored as its own full sequence (same tokens as :func:`score_candidates`).
     Ground truth for the trie and the baseline in ``bench/``. Notebook 03, "Exact exposure through a trie"."""
+    check_causal_lm(model)
+    check_texts(texts)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from ..core.models import check_causal_lm
+from ..core.tokenization import check_texts
 
 
 class UnlearningError(RuntimeError):
@@ -83,10 +84,8 @@ def check_unlearning_inputs(model, forget, retain) -> list | None:
     if low:
         raise TypeError(f"model: its weights are {', '.join(low)}; the Newton step and the Fisher need float32 (in 16 bits a "
                         "small step rounds away and K-FAC's eigendecomposition is unavailable): pass model.float()")
-    for name, value in (("forget", forget), ("retain", retain)):
-        if isinstance(value, (str, bytes)):
-            raise TypeError(f"{name} must be a list of texts, got one string of {len(value)} characters (it would count "
-                            f"every character as an example); pass [{name}] for a single text")
+    check_texts(forget, "forget")
+    check_texts(retain, "retain")
     if not retain:
         return retain
     forgotten = {item if isinstance(item, str) else "".join(item) for item in forget if isinstance(item, (str, tuple, list))}

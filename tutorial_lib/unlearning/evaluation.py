@@ -13,6 +13,7 @@ import math
 import torch
 
 from ..core.evaluation import compute_loss
+from ..core.models import check_causal_lm
 from ..curvature.outputs import lm_outputs, sample_losses
 from ..privacy.exposure import compute_exposure
 from .base import prepare_unlearning_data
@@ -42,6 +43,7 @@ def evaluate_unlearning(model, tokenizer, canaries, val_ids, retain_ids, forget_
     ``candidates`` sampled secrets if given, see :func:`~tutorial_lib.privacy.exposure.compute_exposure`,
     with its bar if ``progress``), validation and retain perplexity, loss on the forget items, and KL
     of next-token predictions from ``reference`` (the retrained model) on validation text."""
+    check_causal_lm(model)
 
     model.eval()
     out = {"exposure": {c.name: compute_exposure(model, tokenizer, c, candidates=candidates, progress=progress).exposure
