@@ -86,6 +86,11 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def _unwritable(folder: Path, err: OSError) -> CacheError:
+    return CacheError(f"the cache folder {folder} is not writable ({err.strerror or err}); point ${CACHE_ENV} "
+                      "at a folder you can write to, or fix the folder's permissions")
+
+
 def check_writable(folder: str | os.PathLike) -> Path:
     """Create ``folder`` if needed and check that files can be written there, before any long
     computation whose result would go there; raises :class:`CacheError` naming the folder and the fix."""
@@ -96,8 +101,7 @@ def check_writable(folder: str | os.PathLike) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise CacheError(f"the cache folder {folder} is not writable ({err.strerror or err}); point ${CACHE_ENV} "
-                         "at a folder you can write to, or fix the folder's permissions") from err
+        raise _unwritable(folder, err) from err
     return folder
 
 
@@ -106,23 +110,27 @@ def key_lock(path: str | os.PathLike):
     """Hold an exclusive lock on the cache entry ``path`` (a lock file in ``.locks/`` beside it) while
     checking for it and, if missing, computing and writing it: a second process asking for the same
     entry waits, then finds it written. Locks are advisory (``fcntl``); where that is unavailable
-    (Windows) this only checks that the folder is writable. In a read-only cache (an instructor's,
+    (Windows) creating the lock file still checks that the folder is writable. In a read-only cache (an instructor's,
     shared) an entry that exists is read without a lock; a missing one raises :class:`CacheError`
     before any work."""
     path = Path(path)
-    try:
-        locks = check_writable(path.parent / ".locks")
-    except CacheError:
-        if path.exists():
-            yield
-            return
-        raise
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
+    locks = path.parent / ".locks"
+    try:  # creating the lock file is the writability check
+        locks.mkdir(parents=True, exist_ok=True)
+        handle = open(locks / f"{path.name}.lock", "a")
+    except OSError as err:
+        if not path.exists():
+            raise _unwritable(locks, err) from err
+        handle = None
+    if handle is None:  # read-only, and the entry is there: read it without a lock
         yield
         return
-    with open(locks / f"{path.name}.lock", "a") as handle:
+    with handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

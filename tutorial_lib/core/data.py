@@ -46,8 +46,9 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def corpus_path(name: str, directory: str | os.PathLike | None = None) -> Path:
-    """Path of corpus ``name`` (one of :data:`CORPORA`), checked to exist and to match its sha256."""
+def corpus_sha256(name: str, directory: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """Path of corpus ``name`` (one of :data:`CORPORA`) and its sha256, checked to exist and to match the
+    checksum list; the file is hashed once."""
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; expected one of {', '.join(CORPORA)}")
     folder = data_dir(directory)
@@ -68,12 +69,17 @@ def corpus_path(name: str, directory: str | os.PathLike | None = None) -> Path:
             f"checksum mismatch for {path}: expected sha256 {expected}, got {actual} "
             "(the file is corrupted or was edited; restore it from git or rebuild it)"
         )
-    return path
+    return path, actual
+
+
+def corpus_path(name: str, directory: str | os.PathLike | None = None) -> Path:
+    """Path of corpus ``name`` (one of :data:`CORPORA`), checked to exist and to match its sha256."""
+    return corpus_sha256(name, directory)[0]
 
 
 def verify_data(directory: str | os.PathLike | None = None) -> dict[str, str]:
     """Verify every corpus; return ``{name: sha256}``. Notebook 00, "Environment check"."""
-    return {name: sha256_file(corpus_path(name, directory)) for name in CORPORA}
+    return {name: corpus_sha256(name, directory)[1] for name in CORPORA}
 
 
 @dataclass(frozen=True)
@@ -114,8 +120,7 @@ def load_corpus(name: str, max_chars: int | None = None, directory: str | os.Pat
     from datasets import load_dataset
     from datasets.utils.logging import disable_progress_bar
 
-    path = corpus_path(name, directory)
-    digest = sha256_file(path)
+    path, digest = corpus_sha256(name, directory)
     lines = _LINES.get(digest)
     if lines is None:
         disable_progress_bar()

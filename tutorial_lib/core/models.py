@@ -5,6 +5,7 @@ Used by notebook 03 and every later notebook that trains or loads a model.
 from __future__ import annotations
 
 import os
+import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,11 +107,22 @@ def load_pretrained(path: str | os.PathLike, device: str = "cpu", dtype=None):
     return model.to(device), tokenizer
 
 
+def max_positions(model) -> int | None:
+    """The longest sequence ``model`` takes (its config's ``n_positions`` or ``max_position_embeddings``), or None."""
+    config = getattr(model, "config", None)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+_CAUSAL: "weakref.WeakSet" = weakref.WeakSet()  # models that passed check_causal_lm (causality is the architecture's)
+
+
 @torch.no_grad()
 def check_causal_lm(model, argument: str = "model") -> None:
     """Raise ``TypeError`` unless ``model`` is a causal language model: a transformers ``*ForCausalLM`` /
     ``*LMHeadModel`` class whose outputs at earlier positions do not change when a later token does
     (an encoder such as BERT loaded as ``BertLMHeadModel`` without ``is_decoder`` fails that probe)."""
+    if model in _CAUSAL:
+        return
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
@@ -132,6 +144,7 @@ def check_causal_lm(model, argument: str = "model") -> None:
     if not torch.allclose(before, after, rtol=1e-4, atol=1e-4, equal_nan=True):
         raise TypeError(f"{argument}: {classes[0]} is not causal: its outputs at earlier positions change with a later token "
                         f"(an encoder, or a decoder without its causal mask); {fix}")
+    _CAUSAL.add(model)
 
 
 def pretrained_fingerprint(path: str | os.PathLike) -> str:
@@ -139,15 +152,14 @@ def pretrained_fingerprint(path: str | os.PathLike) -> str:
     so that a cache keyed by it notices new weights in the same folder; the folder's path plays no part."""
     import hashlib
 
+    from .data import sha256_file
+
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"pretrained model folder not found: {folder}")
     digest = hashlib.sha256()
     for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(f"{file.relative_to(folder).as_posix()}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluation import compute_loss
-from .models import check_causal_lm
+from .models import check_causal_lm, max_positions
 from .profiles import config_for_profile, progress_options
 
 
@@ -132,8 +132,7 @@ def train_language_model(
     check_causal_lm(model)
     if len(train_ids) <= cfg.block_size + 1:
         raise ValueError(f"training text has {len(train_ids)} tokens, fewer than block_size + 2 = {cfg.block_size + 2}")
-    config = getattr(model, "config", None)
-    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    positions = max_positions(model)
     if positions is not None and cfg.block_size > positions:
         raise ValueError(f"TrainConfig.block_size = {cfg.block_size} is longer than the model's {positions} positions; "
                          f"use block_size <= {positions}")

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..core.cache import cache_root, cached_result, config_key, key_lock, load_run, save_run
-from ..core.data import corpus_path, sha256_file
+from ..core.data import corpus_sha256
 from ..core.evaluation import compute_perplexity, tokenize_lines
 from ..core.models import make_model
 from ..core.profiles import BANDS, progress_options, resolve_device
@@ -68,7 +68,7 @@ def train_case_study_model(cfg: CaseStudyConfig, seed: int = 0, device=None, wit
     device = resolve_device(device)
     study = build_case_study(cfg, seed)
     tokenizer = make_byte_tokenizer()
-    run_config = {"kind": "case_study", "seed": seed, "data_sha256": [sha256_file(corpus_path(c)) for c in (cfg.corpus, cfg.passage_corpus)],
+    run_config = {"kind": "case_study", "seed": seed, "data_sha256": [corpus_sha256(c)[1] for c in (cfg.corpus, cfg.passage_corpus)],
                   **cfg.to_dict(), "without": sorted(without)}
     folder = cache_root(cache_dir) / f"case_study-{config_key(run_config)}"
     with key_lock(folder):  # a second process asking for this checkpoint waits, then loads it

@@ -38,7 +38,7 @@ from ..core.cache import (
     result_path,
     save_run,
 )
-from ..core.data import CORPORA, corpus_path, sha256_file
+from ..core.data import CORPORA, corpus_sha256
 from ..core.evaluation import compute_loss, tokenize_lines
 from ..core.models import load_pretrained, make_model, pretrained_fingerprint
 from ..core.profiles import (
@@ -71,7 +71,7 @@ def train_dp_model(cfg: MemorizationConfig, dp: DPConfig, seed: int = 0, device:
     pretrained = load_pretrained(cfg.model.pretrained_path, device=device) if cfg.model.pretrained_path else None
     data = prepare_memorization(cfg, seed, pretrained[1] if pretrained else None)
     splits, tokenizer, canaries, inserted = data.splits, data.tokenizer, data.canaries, data.inserted
-    run_config = {"kind": "dp-sgd", "seed": seed, "data_sha256": sha256_file(corpus_path(cfg.corpus)), **cfg.to_dict(),
+    run_config = {"kind": "dp-sgd", "seed": seed, "data_sha256": corpus_sha256(cfg.corpus)[1], **cfg.to_dict(),
                   "dp": dp.to_dict()}
     run_config.pop("estimate_samples")
     if cfg.model.pretrained_path:  # keyed by the weights, not the folder's path

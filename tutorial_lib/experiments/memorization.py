@@ -19,7 +19,7 @@ from ..core.canaries import (
     insert_canaries,
     make_canaries,
 )
-from ..core.data import CORPORA, CorpusSplits, corpus_path, load_corpus, sha256_file
+from ..core.data import CORPORA, CorpusSplits, corpus_sha256, load_corpus
 from ..core.evaluation import compute_perplexity, tokenize_lines
 from ..core.models import ModelConfig, count_parameters, load_pretrained, make_model, pretrained_fingerprint
 from ..core.profiles import (
@@ -193,7 +193,7 @@ def train_memorization_model(cfg: MemorizationConfig, seed: int = 0, device: str
     unknown = sorted(set(without) - names)
     if unknown:
         raise ValueError(f"unknown canary names {unknown}; this run has {sorted(names)}")
-    run_config = {"kind": "memorization", "seed": seed, "data_sha256": sha256_file(corpus_path(cfg.corpus)), **cfg.to_dict()}
+    run_config = {"kind": "memorization", "seed": seed, "data_sha256": corpus_sha256(cfg.corpus)[1], **cfg.to_dict()}
     run_config.pop("estimate_samples")  # evaluation setting only
     if cfg.model.pretrained_path:  # keyed by the weights, not the folder's path
         run_config["pretrained_sha256"] = pretrained_fingerprint(cfg.model.pretrained_path)
@@ -273,6 +273,6 @@ def run_memorization(cfg: MemorizationConfig, seed: int = 0, device: str | None 
             exposure_seconds=exposure_seconds,
         ).to_dict()
 
-    key = {"run": cfg.to_dict(), "seed": seed, "data_sha256": sha256_file(corpus_path(cfg.corpus))}
+    key = {"run": cfg.to_dict(), "seed": seed, "data_sha256": corpus_sha256(cfg.corpus)[1]}
     data, cached = cached_result("memorization", key, compute, cache_dir=cache_dir, use_cache=use_cache)
     return MemorizationResult(**{**data, "from_cache": cached})

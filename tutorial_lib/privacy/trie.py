@@ -6,6 +6,7 @@ Used by :mod:`~tutorial_lib.privacy.exposure` (exact exposure) and notebook 03, 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -209,20 +210,31 @@ def _shared_prefix_attention(module, query, key, value, attention_mask=None, dro
     return out.transpose(0, 1).reshape(rows, heads, dim).unsqueeze(1), None
 
 
+@functools.cache
+def _row_layer_class():
+    """transformers' ``DynamicLayer`` holding only the rows' own keys and values, whose sequence length
+    counts the shared prefix too (defined once, on first use, since transformers is imported lazily)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class RowLayer(DynamicLayer):
+        def __init__(self, keys, values, prefix_len: int):
+            super().__init__()
+            self.keys, self.values, self.is_initialized, self.device = keys, values, True, keys.device
+            self.prefix_len = prefix_len
+
+        def get_seq_length(self) -> int:
+            return self.prefix_len + self.keys.shape[-2]
+
+    return RowLayer
+
+
 def _row_cache(keys: list, values: list, prefix_len: int):
     """A cache of the rows' own key/values only (one entry per layer, batch = rows), whose sequence length
     counts the shared prefix too, so that the model numbers positions as if the prefix were there."""
-    from transformers.cache_utils import Cache, DynamicLayer
+    from transformers.cache_utils import Cache
 
-    class RowLayer(DynamicLayer):
-        def __init__(self, k, v):
-            super().__init__()
-            self.keys, self.values, self.is_initialized, self.device = k, v, True, k.device
-
-        def get_seq_length(self) -> int:
-            return prefix_len + self.keys.shape[-2]
-
-    return Cache(layers=[RowLayer(k, v) for k, v in zip(keys, values)])
+    row_layer = _row_layer_class()
+    return Cache(layers=[row_layer(k, v, prefix_len) for k, v in zip(keys, values)])
 
 
 class _AttentionSwitch:

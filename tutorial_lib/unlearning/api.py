@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..core.models import max_positions
 from ..core.profiles import progress_options
 from ..curvature.per_sample import ParameterSpace, select_parameters
 from .base import (
@@ -36,7 +37,6 @@ from .base import (
     UnlearningError,
     UnlearningReport,
     check_unlearning_inputs,
-    max_positions,
     prepare_unlearning_data,
 )
 from .baselines import (

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ..core.models import check_causal_lm
+from ..core.models import check_causal_lm, max_positions
 from ..core.tokenization import check_texts
 
 
@@ -94,10 +94,6 @@ def check_unlearning_inputs(model, forget, retain) -> list | None:
         warnings.warn(f"{len(retain) - len(kept)} retain item(s) are also in the forget set and were removed from the retain set",
                       UserWarning, stacklevel=3)
     return kept
-
-
-def max_positions(model) -> int | None:
-    return getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
 
 
 def _vocab_size(model) -> int:
