@@ -78,7 +78,7 @@ from .curvature.newton import (
 from .curvature.outputs import classifier_outputs, lm_outputs, make_lm_batch, regression_outputs, sample_losses
 from .curvature.per_sample import ParameterSpace, gradient_matrix, per_sample_gradients, select_parameters
 from .curvature.studies import damping_study, newton_removal_study, structure_costs_markdown, time_per_sample_gradients
-from .experiments.benchmark import BenchmarkConfig, benchmark_markdown, cells_cached, plot_benchmark, run_benchmark
+from .experiments.benchmark import BenchmarkConfig, benchmark_markdown, cells_cached, method_name, plot_benchmark, run_benchmark
 from .experiments.case_studies import (
     case_study_markdown,
     evaluate_pii,
@@ -170,10 +170,11 @@ from .unlearning.baselines import FineTuneConfig, GradientAscentConfig, Gradient
 from .unlearning.distributed import world_info
 from .unlearning.distributed_fisher import DistributedFisher
 from .unlearning.evaluation import evaluate_unlearning
-from .unlearning.fisher_methods import FisherForgettingConfig, FisherRemovalConfig
+from .unlearning.fisher_methods import FisherForgettingConfig, FisherRemovalConfig, newton_equivalent_eta
+from .unlearning.verdicts import Verdict, forget_quality, judge, judge_rows, privleak, secret_membership_auc
 
 __all__ = [
-    "__version__", "attack_scores", "BANDS", "baseline_comparison", "benchmark_claims", "benchmark_markdown", "benchmark_selection",
+    "__version__", "forget_quality", "judge", "method_name", "judge_rows", "newton_equivalent_eta", "privleak", "secret_membership_auc", "Verdict", "attack_scores", "BANDS", "baseline_comparison", "benchmark_claims", "benchmark_markdown", "benchmark_selection",
     "BenchmarkConfig", "BlockFisher", "build_case_study", "Canary", "canary_forget_items", "canary_texts",
     "canary_trie", "case_study_attacks", "case_study_markdown", "CaseStudyConfig", "cells_cached", "certified_noise_std",
     "CheckpointMismatchError", "choose_setting", "classifier_outputs", "compute_exposure", "compute_loss",

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from tutorial_lib.experiments.benchmark import summarise
 from tutorial_lib.experiments.case_studies import pii_verdicts
 from tutorial_lib.experiments.comparisons import (
     baseline_comparison,
@@ -93,21 +94,37 @@ def _models(fr, rt, orig, other=(2.0, 10.0, 7.0), seconds=(0.7, 1.6)):
             "fisher_removal": {**row(fr, 11.0, other[2], seconds[0]), "fraction_of_retraining": stat(seconds[0] / seconds[1])}}
 
 
-def test_benchmark_claims_per_corpus():
-    result = {"summary": {
-        "shakespeare": {"models": _models(1.99, 0.24, 11.7), "c2": {"holds": True}},
-        "jargon": {"models": _models(4.0, 0.5, 7.56, seconds=(0.1, 2.0)), "c2": None},  # 4.0 > 0.5 + 3: C1 fails
-    }}
-    claims = benchmark_claims(result)
-    s, j = claims.corpora["shakespeare"], claims.corpora["jargon"]
-    assert s.c1 and s.c2 and not s.c5 and math.isclose(s.perplexity_change, 0.1)
-    assert not j.c1 and j.c2 is None and j.c5
-    assert claims.holding("c1") == 1 and claims.holding("c5") == 1
-    assert benchmark_claims(result, tolerance_bits=4.0).holding("c1") == 2
-    assert claims.summary().splitlines()[0] == ("shakespeare  C1 holds: 1.99 bits vs retrained 0.24 (original 11.70; val ppl +10%) | C2 holds | "
-                                                "C5 FAILS: 0.7 s vs retraining 1.6 s (0.44)")
-    assert "C2 n/a" in claims.summary().splitlines()[1]
-    assert claims.to_dict()["corpora"]["jargon"]["c1"] is False
+def _claim_cell(corpus, fr, rt, orig, seconds=(0.7, 1.6), ga=None):
+    rows = {}
+    for model, (e, ppl, kl) in {"original": (orig, 10.0, 0.10), "retrained": (rt, 9.0, 0.0), "fisher_removal": fr}.items():
+        rows[model] = {"forgotten_exposure": e, "exposure": {"c": e}, "other_inserted_exposure": 2.0, "control_exposure": 0.5,
+                       "val_perplexity": ppl, "kl_to_retrained": kl}
+    rows["retrained"]["seconds"] = seconds[1]
+    rows["fisher_removal"].update(seconds=seconds[0], fraction_of_retraining=seconds[0] / seconds[1])
+    cell = {"corpus": corpus, "seed": 0, "target": "c", "rows": rows}
+    if ga is not None:
+        cell["ga_sweep"] = [{"params": {"lr": 1e-4, "steps": 10}, "exposure": {"c": e}, "val_perplexity": p, "kl_to_reference": 0.1} for e, p in ga]
+    return cell
+
+
+def test_benchmark_claims_are_two_sided_and_say_when_a_scale_cannot_show():
+    cells = [_claim_cell("shakespeare", (1.99, 10.0, 0.12), 0.24, 11.7, ga=[(1.0, 12.0)]),
+             _claim_cell("jargon", (4.0, 10.0, 0.12), 0.5, 7.56, seconds=(0.1, 200.0)),  # 4.0 > 0.5 + 3: under-forgotten
+             _claim_cell("bible", (0.0, 10.5, 0.12), 6.0, 13.3, seconds=(30.0, 120.0)),  # 0.0 < 6.0 - 3: over-forgotten
+             _claim_cell("python", (1.0, 9.0, 0.3), 0.5, 2.0)]  # the original is within the band: nothing to forget
+    claims = benchmark_claims({"summary": summarise(cells)})
+    s, j, b, p = (claims.corpora[c] for c in ("shakespeare", "jargon", "bible", "python"))
+    assert (s.c1.verdict, s.c2.verdict, s.c5.verdict) == ("reproduced", "reproduced", "inconclusive")  # retraining 1.6 s
+    assert (j.c1.verdict, j.c5.verdict) == ("not reproduced", "reproduced") and j.c2 is None and "under-forgotten" in j.c1.evidence
+    assert (b.c1.verdict, b.c5.verdict) == ("not reproduced", "not reproduced") and "over-forgotten" in b.c1.evidence
+    assert p.c1.verdict == "inconclusive"
+    assert claims.count("c1") == 1 and claims.count("c1", "not reproduced") == 2 and claims.count("c5") == 1
+    assert s.c1.values["exposure"] == 1.99 and s.c1.band["exposure_bits"] == 3.0 and s.c1.forget_loss == "secret"
+    assert claims.summary().splitlines()[0] == "shakespeare:"
+    assert claims.summary().splitlines()[1].startswith("  C1 reproduced: Fisher Removal at the retrained model: 1.99 bits vs retrained 0.24")
+    d = claims.to_dict()
+    assert d["corpora"]["jargon"]["c1"]["verdict"] == "not reproduced" and d["corpora"]["jargon"]["c2"] is None
+    assert d["bands"]["kl_increase"] == 0.5 and d["min_retrain_seconds"] == 60.0
 
 
 def test_other_canary_shift_counts_the_corpora_where_retraining_raises_it():

@@ -275,3 +275,15 @@ def test_progress_bar_over_the_updates_changes_nothing(micro, byte_tokenizer, sh
     with pytest.raises(UnlearningError):  # a refused update closes its bar
         unlearn(micro, byte_tokenizer, FORGET, RETAIN, "fisher_removal", replace(removal, max_update_norm=1e-12), n_train=100)
     assert "fisher_removal:   0%" in out.getvalue()
+
+
+def test_newton_equivalent_eta_converts_the_units():
+    from tutorial_lib.unlearning.fisher_methods import newton_equivalent_eta
+
+    # 1,100 lines, 100 forgotten, 40,000 retain tokens, windows of 127 targets, 6 secret tokens per item
+    assert math.isclose(newton_equivalent_eta(1_100, 100, 40_000, 127, 6), 1_000 * 6 / (40_000 * 127))
+    assert newton_equivalent_eta(2_100, 100, 40_000, 127, 6) == 2 * newton_equivalent_eta(1_100, 100, 40_000, 127, 6)
+    with pytest.raises(ValueError, match="k must be between"):
+        newton_equivalent_eta(100, 100, 40_000, 127, 6)
+    with pytest.raises(ValueError, match="window_targets must be positive"):
+        newton_equivalent_eta(1_100, 100, 40_000, 0, 6)

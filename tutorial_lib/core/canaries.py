@@ -150,12 +150,23 @@ def make_canaries(
 
 @dataclass(frozen=True)
 class InsertedCorpus:
-    """Training lines with canaries inserted; ``forget`` are the canary occurrences, ``retain`` the rest."""
+    """Training lines with canaries inserted; ``forget`` are the canary occurrences, ``retain`` the
+    corpus without any canary, ``positions`` each canary's line indices in ``lines``. The retain set of
+    a deletion request is :meth:`lines_without` the requested canaries: the training data minus the
+    forget set, other canaries included."""
 
     lines: list[str]
     forget: list[str]
     retain: list[str]
     positions: dict[str, list[int]]
+
+    def lines_without(self, *names: str) -> list[str]:
+        """The training lines without every occurrence of the canaries ``names``."""
+        unknown = [n for n in names if n not in self.positions]
+        if unknown:
+            raise ValueError(f"unknown canaries {unknown}; this corpus has {sorted(self.positions)}")
+        dropped = {i for name in names for i in self.positions[name]}
+        return [line for i, line in enumerate(self.lines) if i not in dropped]
 
 
 def insert_canaries(lines: list[str], canaries: list[Canary], seed: int = 0) -> InsertedCorpus:

@@ -62,15 +62,20 @@ def model_scale(profile: str | None = None) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Bands:
-    """The course's acceptance bands for an unlearned model: its exposure of the forgotten canary
-    within ``exposure_bits`` bits of the retrained model's (or below it), and its validation
-    perplexity at most ``1 + perplexity_increase`` times the original model's."""
+    """The course's bands for an unlearned model, two-sided around the retrained model (the model
+    trained without the forgotten data): the forgotten secret's exposure within ``exposure_bits``
+    bits of the retrained model's, above *or* below; validation perplexity at most
+    ``1 + perplexity_increase`` times the reference's (the retrained model's when judging, the
+    original's when a provider picks a setting without one); and the KL divergence
+    KL(retrained ‖ unlearned) of next-token predictions at most ``1 + kl_increase`` times
+    KL(retrained ‖ original): unlearning may not move the model away from the retrained one."""
 
     exposure_bits: float = 3.0
     perplexity_increase: float = 0.20
+    kl_increase: float = 0.5
 
 
-#: the acceptance bands that the sweeps' picks, the recommendations, the plots and the notebooks read
+#: the bands that the verdicts, the sweeps' picks, the recommendations, the plots and the notebooks read
 BANDS = Bands()
 
 

@@ -33,6 +33,7 @@ from ..experiments.case_studies import (
     run_case_study,
 )
 from ..experiments.case_study_data import CaseStudyConfig
+from ..experiments.comparisons import benchmark_claims
 from ..experiments.dp_comparison import (
     DPComparisonConfig,
     dp_markdown,
@@ -219,7 +220,9 @@ def write_benchmark(result: dict, out: Path) -> list[Path]:
     js = out / "benchmark.json"
     # every number but the run's own wall time (cells are cached: a second run reads the same numbers)
     numbers = {k: v for k, v in result.items() if k != "seconds"}
-    _write_json(js, numbers)
+    claims = benchmark_claims(result)
+    _write_json(js, {**numbers, "claims": claims.to_dict()})
+    md.write_text(benchmark_markdown(result) + "\n## Claims\n\n" + "\n".join(f"- {line}" for line in claims.summary().splitlines()) + "\n")
     use_style()
     return [md, js, _save_figure(benchmark_figure(result), out / "benchmark.png")]
 

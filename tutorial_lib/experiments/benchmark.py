@@ -24,12 +24,14 @@ from tqdm.auto import tqdm
 from ..core.cache import cached_result, result_path
 from ..core.data import CORPORA
 from ..core.profiles import (
+    BANDS,
     config_for_profile,
     model_scale,
     progress_options,
     resolve_profile,
 )
 from ..unlearning.api import METHODS
+from ..unlearning.verdicts import judge, judge_rows, privleak, secret_membership_auc
 from .memorization import MemorizationConfig
 from .sweeps import baseline_grid, trace_sweep, unlearning_setup
 
@@ -83,18 +85,26 @@ class BenchmarkConfig:
         return dataclasses.asdict(self)
 
 
-def _row(result: dict, setup, target: str) -> dict:
+def _row(result: dict, setup, target: str, retrained: dict) -> dict:
+    """One model's benchmark row from its evaluation ``result`` and the retrained model's
+    (``retrained``): exposures, perplexities, KL to the retrained model and the field's metrics
+    (forget quality, the secret's membership AUC and PrivLeak)."""
     inserted = {c.name: c.insertions for c in setup.canaries}
     others = [n for n, k in inserted.items() if k > 1 and n != target]
     controls = [n for n, k in inserted.items() if k == 0]
+    auc = secret_membership_auc(result["exposure"][target])
     return {
         "exposure": result["exposure"],
         "forgotten_exposure": result["exposure"][target],
         "other_inserted_exposure": float(np.mean([result["exposure"][n] for n in others])) if others else math.nan,
         "control_exposure": float(np.mean([result["exposure"][n] for n in controls])),
         "val_perplexity": result["val_perplexity"],
+        "retain_perplexity": result["retain_perplexity"],
         "forget_loss": result["forget_loss"],
         "kl_to_retrained": result.get("kl_to_reference", 0.0),
+        "forget_quality": result["forget_quality"],
+        "membership_auc": auc,
+        "privleak": privleak(auc, secret_membership_auc(retrained["exposure"][target])),
     }
 
 
@@ -123,14 +133,15 @@ def benchmark_cell(cfg: BenchmarkConfig, corpus: str, seed: int, device=None, us
     def compute():
         setup = unlearning_setup(run_cfg, seed, device, progress=progress)
         target, names = setup.target.name, [c.name for c in setup.canaries]
-        rows = {"original": _row(setup.evaluate(setup.model, names=names, progress=progress), setup, target),
-                "retrained": _row(setup.evaluate(setup.retrained, names=names, progress=progress), setup, target)}
+        retrained = setup.evaluate(setup.retrained, names=names, progress=progress)
+        rows = {"original": _row(setup.evaluate(setup.model, names=names, progress=progress), setup, target, retrained),
+                "retrained": _row(retrained, setup, target, retrained)}
         rows["retrained"]["seconds"] = setup.retrain_seconds
         for method in tqdm(cfg.methods, desc=f"benchmark cell ({corpus}, seed {seed})", **progress_options(progress)):
             start = time.perf_counter()
             unlearned, report = setup.unlearn(method, METHODS[method].config.for_profile(cfg.run_profile), progress=progress)
             seconds = time.perf_counter() - start
-            rows[method] = {**_row(setup.evaluate(unlearned, names=names, progress=progress), setup, target), "seconds": seconds,
+            rows[method] = {**_row(setup.evaluate(unlearned, names=names, progress=progress), setup, target, retrained), "seconds": seconds,
                             "fraction_of_retraining": seconds / setup.retrain_seconds, "update_norm": report.update_norm}
         out = {"corpus": corpus, "seed": seed, "target": target, "canaries": [c.to_dict() for c in setup.canaries], "rows": rows}
         if cfg.ga_sweep and seed == cfg.seeds[0]:
@@ -156,8 +167,11 @@ def run_benchmark(cfg: BenchmarkConfig, device=None, use_cache: bool = True, pro
     return {"config": cfg.to_dict(), "cells": cells, "summary": summarise(cells), "seconds": time.perf_counter() - start}
 
 
-METRICS = ("forgotten_exposure", "other_inserted_exposure", "control_exposure", "val_perplexity", "kl_to_retrained", "seconds",
-           "fraction_of_retraining")
+METRICS = ("forgotten_exposure", "other_inserted_exposure", "control_exposure", "val_perplexity", "retain_perplexity", "kl_to_retrained",
+           "forget_quality", "membership_auc", "privleak", "seconds", "fraction_of_retraining")
+
+#: the forget loss every benchmark method unlearns with (``canary_forget_items(target, "secret")``)
+FORGET_LOSS = "secret"
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -165,15 +179,22 @@ def _mean_std(values: list[float]) -> dict:
     return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
 
+def _verdict_of_means(table: dict, model: str) -> dict:
+    """The two-sided verdict (:func:`~tutorial_lib.unlearning.verdicts.judge`) on ``model``'s means over seeds."""
+    m, rt, orig = table[model], table["retrained"], table["original"]
+    return judge(m["forgotten_exposure"]["mean"], rt["forgotten_exposure"]["mean"], m["val_perplexity"]["mean"],
+                 rt["val_perplexity"]["mean"], m["kl_to_retrained"]["mean"], orig["kl_to_retrained"]["mean"], forget_loss=FORGET_LOSS).to_dict()
+
+
 def summarise(cells: list[dict]) -> dict:
     """Per corpus and model: mean and (sample) std over seeds of every metric, the distance to the
-    retrained model (|Δ exposure| of the forgotten canary, perplexity ratio), and, with a gradient
-    ascent sweep, the C2 comparison: Fisher Removal's perplexity against the lowest perplexity of a
-    gradient-ascent setting that reaches Fisher Removal's exposure or lower."""
+    retrained model (|Δ exposure| of the forgotten canary, perplexity ratio), the two-sided verdict
+    on the means with the number of seeds whose own verdict is "at the retrained model", and, with a
+    gradient-ascent sweep, the C2 comparison at the verdict's bands (:func:`_c2`)."""
     out: dict = {}
     for corpus in dict.fromkeys(c["corpus"] for c in cells):
         mine = [c for c in cells if c["corpus"] == corpus]
-        table = {}
+        table, verdicts = {}, {}
         for model in mine[0]["rows"]:
             stats = {}
             for metric in METRICS:
@@ -185,21 +206,37 @@ def summarise(cells: list[dict]) -> dict:
             stats["exposure_gap_to_retrained"] = _mean_std(gaps)
             stats["perplexity_ratio_to_retrained"] = _mean_std(ratios)
             table[model] = stats
-        out[corpus] = {"seeds": [c["seed"] for c in mine], "models": table, "c2": _c2(mine)}
+        for model in table:
+            per_seed = [judge_rows(c["rows"][model], c["rows"]["retrained"], c["rows"]["original"], c["target"],
+                                   forget_loss=FORGET_LOSS).verdict for c in mine]
+            verdicts[model] = {**_verdict_of_means(table, model), "per_seed": per_seed}
+        out[corpus] = {"seeds": [c["seed"] for c in mine], "models": table, "verdicts": verdicts, "c2": _c2(mine)}
     return out
 
 
 def _c2(cells: list[dict]) -> dict | None:
+    """C2 on the first cell with a gradient-ascent sweep, at the verdict's bands: Fisher Removal's
+    default must be "at the retrained model", and then either no gradient-ascent setting of the sweep
+    is, or none of those reaches a lower validation perplexity. "inconclusive" when the original model
+    is itself within the exposure band (nothing to forget)."""
     cell = next((c for c in cells if "ga_sweep" in c), None)
     if cell is None or "fisher_removal" not in cell["rows"]:
         return None
-    fr = cell["rows"]["fisher_removal"]
-    reach = [r for r in cell["ga_sweep"] if "error" not in r and r["exposure"][cell["target"]] <= fr["forgotten_exposure"]]
-    best = min(reach, key=lambda r: r["val_perplexity"]) if reach else None
-    return {"seed": cell["seed"], "fisher_removal": {"exposure": fr["forgotten_exposure"], "val_perplexity": fr["val_perplexity"]},
-            "best_gradient_ascent": None if best is None else {"params": best["params"], "exposure": best["exposure"][cell["target"]],
-                                                               "val_perplexity": best["val_perplexity"]},
-            "holds": best is None or fr["val_perplexity"] < best["val_perplexity"]}
+    rows, target = cell["rows"], cell["target"]
+    fr = judge_rows(rows["fisher_removal"], rows["retrained"], rows["original"], target, forget_loss=FORGET_LOSS)
+    settings = [r for r in cell["ga_sweep"] if "error" not in r]
+    at = [r for r in settings if judge_rows(r, rows["retrained"], rows["original"], target, forget_loss=FORGET_LOSS).at_retrained]
+    best = min(at, key=lambda r: r["val_perplexity"]) if at else None
+    if judge_rows(rows["original"], rows["retrained"], rows["original"], target).verdict != "under-forgotten":
+        verdict = "inconclusive"
+    elif not fr.at_retrained:
+        verdict = "not reproduced"
+    else:
+        verdict = "reproduced" if best is None or rows["fisher_removal"]["val_perplexity"] < best["val_perplexity"] else "not reproduced"
+    return {"seed": cell["seed"], "verdict": verdict, "fisher_removal": fr.to_dict(),
+            "gradient_ascent_at_retrained": len(at), "gradient_ascent_settings": len(settings) + sum("error" in r for r in cell["ga_sweep"]),
+            "best_gradient_ascent": None if best is None else {"params": best["params"], "exposure": best["exposure"][target],
+                                                               "val_perplexity": best["val_perplexity"]}}
 
 
 def _pm(stat: dict | None, digits: int = 2) -> str:
@@ -208,29 +245,56 @@ def _pm(stat: dict | None, digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
+_NAMES = {"original": "original", "retrained": "retrained", "fisher_removal": "Fisher Removal", "fisher_forgetting": "Fisher Forgetting",
+          "gradient_ascent": "gradient ascent", "gradient_difference": "gradient difference", "npo": "NPO", "fine_tune": "fine-tuning"}
+
+
+def method_name(model: str) -> str:
+    """A benchmark model's name for tables and legends (``fisher_removal`` -> "Fisher Removal")."""
+    return _NAMES.get(model, model.replace("_", " "))
+
+
 def benchmark_markdown(result: dict) -> str:
-    """The benchmark's tables, one per corpus, and the C2 line under each."""
+    """The benchmark's tables, one per corpus (exposure and utility; the field's metrics and the
+    verdict), and the C2 line under each."""
     cfg = result["config"]
+    several = len(cfg["seeds"]) > 1
+    pm = _pm if several else (lambda stat, digits=2: "" if stat is None or math.isnan(stat["mean"]) else f"{stat['mean']:.{digits}f}")
     lines = [f"# Four-corpus unlearning benchmark ({cfg['profile']} profile: {cfg['run_profile']}-scale models, "
              f"seeds {', '.join(map(str, cfg['seeds']))})", "",
-             "Mean ± std over seeds. Exposure in bits (exact, over every candidate); perplexity on validation text; "
-             "KL of next-token predictions to the retrained model (nats/token); time against retraining.", ""]
+             ("Mean ± std over seeds. " if several else "") + "Exposure in bits (exact, over every candidate); perplexity on "
+             "validation text; KL(retrained ‖ model) of next-token predictions on validation text (nats/token); time against "
+             "retraining. Every method forgets the most-inserted canary with the secret-given-prefix loss.", "",
+             "Forget quality: p-value of a Kolmogorov–Smirnov test between the model's and the retrained model's losses of the "
+             "forgotten canary in each of its training contexts (high: indistinguishable). Secret AUC: the fraction of candidate "
+             "secrets the forgotten one beats (1 − 2^−exposure); PrivLeak = (AUC − AUC_retrained) / AUC_retrained (0: at the "
+             "retrained model, negative: over-forgotten). Verdict: two-sided against the retrained model (exposure within "
+             f"±{BANDS.exposure_bits:g} bits, val ppl ≤ {1 + BANDS.perplexity_increase:g}× the retrained model's, KL ≤ "
+             f"{1 + BANDS.kl_increase:g}× the original's), on the means; in brackets the seeds at the retrained model.", ""]
     for corpus, data in result["summary"].items():
         lines += [f"## {corpus}", "",
-                  "| model | forgotten canary | other inserted | controls | \\|Δ\\| to retrained | val ppl | ppl / retrained | KL to retrained | seconds | / retraining |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| model | forgotten canary | other inserted | controls | \\|Δ\\| to retrained | val ppl | retain ppl | KL to retrained "
+                  "| seconds | / retraining |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for model, s in data["models"].items():
-            lines.append(f"| {model} | {_pm(s.get('forgotten_exposure'))} | {_pm(s.get('other_inserted_exposure'))} | "
-                         f"{_pm(s.get('control_exposure'))} | {_pm(s.get('exposure_gap_to_retrained'))} | {_pm(s.get('val_perplexity'), 3)} | "
-                         f"{_pm(s.get('perplexity_ratio_to_retrained'), 3)} | {_pm(s.get('kl_to_retrained'), 4)} | {_pm(s.get('seconds'), 1)} | "
-                         f"{_pm(s.get('fraction_of_retraining'), 3)} |")
+            lines.append(f"| {method_name(model)} | {pm(s.get('forgotten_exposure'))} | {pm(s.get('other_inserted_exposure'))} | "
+                         f"{pm(s.get('control_exposure'))} | {pm(s.get('exposure_gap_to_retrained'))} | {pm(s.get('val_perplexity'), 3)} | "
+                         f"{pm(s.get('retain_perplexity'), 3)} | {pm(s.get('kl_to_retrained'), 4)} | {pm(s.get('seconds'), 1)} | "
+                         f"{pm(s.get('fraction_of_retraining'), 3)} |")
+        lines += ["", "| model | forget quality (p) | secret AUC | PrivLeak | verdict |", "|---|---:|---:|---:|---|"]
+        for model, s in data["models"].items():
+            v = data["verdicts"][model]
+            fq = s.get("forget_quality")
+            lines.append(f"| {method_name(model)} | {'' if fq is None else format(fq['mean'], '.2g')} | {pm(s.get('membership_auc'), 3)} | "
+                         f"{pm(s.get('privleak'), 2)} | {v['verdict']} ({sum(x == 'at the retrained model' for x in v['per_seed'])}/"
+                         f"{len(v['per_seed'])}){': ' + '; '.join(v['reasons']) if v['reasons'] else ''} |")
         c2 = data["c2"]
         if c2:
-            ga = c2["best_gradient_ascent"]
-            lines += ["", f"C2 (seed {c2['seed']}): Fisher Removal at {c2['fisher_removal']['exposure']:.2f} bits, val ppl "
-                      f"{c2['fisher_removal']['val_perplexity']:.3f}; best gradient ascent at that exposure or lower: "
-                      + ("none in the sweep" if ga is None else f"{ga['val_perplexity']:.3f} (lr {ga['params']['lr']:g}, "
-                         f"{ga['params']['steps']} steps, {ga['exposure']:.2f} bits)") + f" -> {'holds' if c2['holds'] else 'does not hold'}."]
+            ga, fr = c2["best_gradient_ascent"], c2["fisher_removal"]
+            lines += ["", f"C2 (seed {c2['seed']}): Fisher Removal {fr['verdict']} ({fr['values']['exposure']:.2f} bits, val ppl "
+                      f"{fr['values']['perplexity']:.3f}); gradient ascent at the retrained model in {c2['gradient_ascent_at_retrained']} of "
+                      f"{c2['gradient_ascent_settings']} settings"
+                      + ("" if ga is None else f", best val ppl {ga['val_perplexity']:.3f} (lr {ga['params']['lr']:g}, {ga['params']['steps']} steps, "
+                         f"{ga['exposure']:.2f} bits)") + f" -> {c2['verdict']}."]
         lines.append("")
     return "\n".join(lines)
 
@@ -248,7 +312,7 @@ def plot_benchmark(result: dict, axes=None):
         for model, s in data["models"].items():
             x, y = s["val_perplexity"], s["forgotten_exposure"]
             ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="*" if model == "retrained" else "o",
-                        ms=12 if model == "retrained" else 6, color=COLOURS.get(model, "grey"), label=model.replace("_", " "), capsize=2)
+                        ms=12 if model == "retrained" else 6, color=COLOURS.get(model, "grey"), label=method_name(model), capsize=2)
         ax.set(title=corpus, xlabel="validation perplexity", xscale="log")
     axes[0].set_ylabel("exposure of the forgotten canary (bits)")
     axes[-1].legend(fontsize="x-small", loc="best")

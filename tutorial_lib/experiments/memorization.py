@@ -205,8 +205,7 @@ def train_memorization_model(cfg: MemorizationConfig, seed: int = 0, device: str
             run = load_run(folder, run_config, device=device)
             return TrainedModel(run.model, run.tokenizer, run.record, True, canaries, splits)
         model = pretrained[0] if pretrained else make_model(cfg.model, len(tokenizer), seed=seed, device=device)
-        dropped = {i for name in without for i in inserted.positions[name]}
-        train_lines = [line for i, line in enumerate(inserted.lines) if i not in dropped]
+        train_lines = inserted.lines_without(*without)
         train_ids = tokenize_lines(tokenizer, train_lines)
         val_ids = tokenize_lines(tokenizer, splits.validation)
         tracked = [c for c in _tracked(canaries)] if cfg.track_exposure and not without else []

@@ -1,8 +1,8 @@
 """Notebook 10's recommendation table and the robustness studies' tables and figures.
 
 :func:`recommendations` judges each method by the course's bands (``docs/method.md`` §7: within
-``tolerance_bits`` of the retrained model's exposure, perplexity at most ``1 + max_ppl_increase``
-times the original's) across the three studies of :mod:`tutorial_lib.experiments.robustness`: which
+``tolerance_bits`` of the retrained model's exposure, above or below, perplexity at most
+``1 + max_ppl_increase`` times the original's) across the three studies of :mod:`tutorial_lib.experiments.robustness`: which
 settings of its main hyperparameter and which seeds stay in the bands, what the relearning attack
 brings back beyond what it gives the retrained model, and how perplexity and earlier-forgotten
 canaries move over sequential requests; a verdict sums each row up in words.
@@ -23,7 +23,7 @@ from .robustness import sequential_summary
 # ----------------------------------------------------------------------------------- recommendation
 def _in_bands(exposure: float, ppl: float, oracle_exposure: float, original_ppl: float, tolerance_bits: float,
               max_ppl_increase: float) -> bool:
-    return exposure <= oracle_exposure + tolerance_bits and ppl <= (1 + max_ppl_increase) * original_ppl
+    return abs(exposure - oracle_exposure) <= tolerance_bits and ppl <= (1 + max_ppl_increase) * original_ppl  # two-sided
 
 
 def recommendations(relearning: dict, sequential: dict, sensitivity: dict, seeds: dict, tolerance_bits: float = BANDS.exposure_bits,

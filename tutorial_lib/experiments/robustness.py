@@ -222,7 +222,7 @@ def run_relearning_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_
         setup = unlearning_setup(run_cfg, seed, device, progress=progress)
         target = setup.target
         control = next(c for c in setup.canaries if c.is_control)
-        texts = relearning_texts(setup.canaries, setup.retain, attack, seed)
+        texts = relearning_texts(setup.canaries, setup.inserted.retain, attack, seed)  # related text without any canary
         block = run_cfg.train.block_size
 
         def measure(m, step):
@@ -295,7 +295,7 @@ def run_sequential_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_
         cycles, errors = {}, {}
         for method in cfg.sequential_methods:
             try:
-                _, cycles[method] = repeated_unlearning(model, tokenizer, requests, inserted.retain, method,
+                _, cycles[method] = repeated_unlearning(model, tokenizer, requests, inserted.lines_without(*names), method,
                                                         _defaults(method, run_cfg.profile), evaluate,
                                                         n_train=len(inserted.lines), seed=seed, progress=progress)
             except UnlearningError as err:

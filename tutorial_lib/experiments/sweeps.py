@@ -18,7 +18,7 @@ from ..core.cache import cached_result
 from ..core.evaluation import tokenize_lines
 from ..core.profiles import BANDS, progress_options
 from ..unlearning.api import METHODS, unlearn
-from ..unlearning.base import UnlearningError, canary_forget_items
+from ..unlearning.base import UnlearningError, canary_forget_in_context, canary_forget_items
 from ..unlearning.evaluation import evaluate_unlearning
 from ..unlearning.fisher_methods import FisherForgettingConfig, FisherRemovalConfig
 from .memorization import (
@@ -50,6 +50,7 @@ class UnlearningSetup:
     val_ids: object
     retain_ids: object
     forget: list
+    forget_in_context: list
     watch: list[str]
     from_cache: bool = False  # the original model was loaded from the cache
     retrained_from_cache: bool = False
@@ -67,7 +68,9 @@ class UnlearningSetup:
 
     @property
     def retain(self) -> list[str]:
-        return self.inserted.retain
+        """The retain set: the training lines without the target's occurrences (the retrained
+        model's training data; the other canaries stay in it)."""
+        return self.inserted.lines_without(self.target.name)
 
     def unlearn(self, method: str, config=None, seed: int | None = None, forget=None, callback=None, progress: bool = True):
         """:func:`~tutorial_lib.unlearning.api.unlearn` on this request: ``(new model, report)``."""
@@ -77,7 +80,7 @@ class UnlearningSetup:
     def evaluate(self, model, names=None, candidates: int | None = None, max_blocks: int = 64, progress: bool = True) -> dict:
         """:func:`~tutorial_lib.unlearning.evaluation.evaluate_unlearning` against the retrained oracle, exposure
         of the canaries in ``names`` (default: the watched ones)."""
-        return evaluate_unlearning(model, self.tokenizer, self.canaries, self.val_ids, self.retain_ids, self.forget,
+        return evaluate_unlearning(model, self.tokenizer, self.canaries, self.val_ids, self.retain_ids, self.forget_in_context,
                                    self.cfg.train.block_size, reference=self.retrained, names=self.watch if names is None else names,
                                    candidates=candidates, max_blocks=max_blocks, progress=progress)
 
@@ -99,8 +102,9 @@ def unlearning_setup(cfg: MemorizationConfig, seed: int = 0, device=None, target
     return UnlearningSetup(
         cfg=cfg, seed=seed, model=model, tokenizer=tokenizer, canaries=canaries, splits=splits, inserted=inserted,
         target=chosen, retrained=retrained, retrain_seconds=record["train_seconds"],
-        val_ids=tokenize_lines(tokenizer, splits.validation), retain_ids=tokenize_lines(tokenizer, inserted.retain),
-        forget=canary_forget_items(chosen, "secret"), watch=[chosen.name] + [c.name for c in others],
+        val_ids=tokenize_lines(tokenizer, splits.validation), retain_ids=tokenize_lines(tokenizer, inserted.lines_without(chosen.name)),
+        forget=canary_forget_items(chosen, "secret"),
+        forget_in_context=canary_forget_in_context(chosen, inserted.lines, inserted.positions[chosen.name]), watch=[chosen.name] + [c.name for c in others],
         from_cache=run.from_cache, retrained_from_cache=oracle.from_cache,
     )
 
@@ -174,19 +178,21 @@ def trace_sweep(setup: UnlearningSetup, method: str, base, lrs: list[float], che
 def choose_setting(rows: list[dict], target: str, original: dict, oracle: dict,
                    max_ppl_increase: float = BANDS.perplexity_increase, tolerance_bits: float = BANDS.exposure_bits,
                    prefer=None) -> dict | None:
-    """The rule behind the documented defaults, erasure first: the points that bring the target's
-    exposure to within ``tolerance_bits`` of the oracle's (or below it); among them, those whose
-    validation perplexity stays within ``1 + max_ppl_increase`` times the original's if any do,
-    and of these the one minimising ``prefer(row)`` (default: the perplexity). If no point gets
-    close to the oracle, the lowest exposure (ties: lower perplexity). ``None`` for no valid point.
-    The defaults are the course's acceptance bands, :data:`~tutorial_lib.core.profiles.BANDS`
-    (3 bits from the oracle, +20 % perplexity)."""
+    """The rule behind the documented defaults, erasure first: the points whose exposure of the target
+    is within ``tolerance_bits`` of the oracle's, above or below (two-sided: driving a secret far below
+    the retrained model's exposure is over-forgetting, not a better erasure); among them, those whose
+    validation perplexity stays within ``1 + max_ppl_increase`` times the original's if any do, and of
+    these the one minimising ``prefer(row)`` (default: the perplexity). If no point is within the
+    band, the one nearest to the oracle's exposure (ties: lower perplexity). ``None`` for no valid
+    point. The defaults are the course's bands, :data:`~tutorial_lib.core.profiles.BANDS` (3 bits,
+    +20 % perplexity). It reads the oracle: a sweep with it picks the *documented* defaults."""
     valid = [r for r in rows if "error" not in r]
     if not valid:
         return None
-    close = [r for r in valid if r["exposure"][target] <= oracle["exposure"][target] + tolerance_bits]
+    goal = oracle["exposure"][target]
+    close = [r for r in valid if abs(r["exposure"][target] - goal) <= tolerance_bits]
     if not close:
-        return min(valid, key=lambda r: (r["exposure"][target], r["val_perplexity"]))
+        return min(valid, key=lambda r: (abs(r["exposure"][target] - goal), r["val_perplexity"]))
     kept = [r for r in close if r["val_perplexity"] <= (1 + max_ppl_increase) * original["val_perplexity"]]
     if kept:
         return min(kept, key=prefer or (lambda r: r["val_perplexity"]))

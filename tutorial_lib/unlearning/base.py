@@ -191,3 +191,22 @@ def canary_forget_items(canary, target: str = "secret") -> list:
     if canary.insertions < 1:
         raise ValueError(f"canary {canary.name!r} was never inserted: nothing to forget")
     return [item] * canary.insertions
+
+
+def canary_forget_in_context(canary, lines: list[str], positions: list[int], context_chars: int = 24) -> list:
+    """The canary's occurrences as it met them in training: one (context, target) pair per position in
+    ``lines`` (:class:`~tutorial_lib.core.canaries.InsertedCorpus`'s ``lines`` and ``positions``), the
+    context being the last ``context_chars`` characters of the line before it, a line break and the
+    prefix; the target is the secret and what follows it. The per-item losses differ by context, which
+    is what the forget-quality test (:func:`~tutorial_lib.unlearning.verdicts.forget_quality`) compares."""
+    if not positions:
+        raise ValueError(f"canary {canary.name!r} has no training positions: nothing to evaluate")
+    if context_chars < 0:
+        raise ValueError(f"context_chars must be >= 0, got {context_chars}")
+    items = []
+    for pos in positions:
+        if lines[pos] != canary.text():
+            raise ValueError(f"line {pos} is not canary {canary.name!r}; pass the InsertedCorpus's own lines and positions")
+        before = lines[pos - 1][-context_chars:] if pos > 0 and context_chars else ""
+        items.append((before + "\n" + canary.prefix, canary.secret + canary.suffix))
+    return items

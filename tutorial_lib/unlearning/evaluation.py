@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..core.evaluation import compute_loss
@@ -17,6 +18,7 @@ from ..core.models import check_causal_lm
 from ..curvature.outputs import lm_outputs, sample_losses
 from ..privacy.exposure import compute_exposure
 from .base import prepare_unlearning_data
+from .verdicts import forget_quality
 
 
 @torch.no_grad()
@@ -37,12 +39,23 @@ def next_token_kl(model, reference, ids: torch.Tensor, block_size: int, max_bloc
     return total / count
 
 
+@torch.no_grad()
+def forget_item_losses(model, tokenizer, forget_items, block_size: int) -> np.ndarray:
+    """The loss (nats per target token) of every forget item, repeats kept, in float64."""
+    model.eval()
+    data = prepare_unlearning_data(model, tokenizer, forget_items, None, n_train=len(forget_items) + 1, block_size=block_size)
+    losses = sample_losses(lm_outputs(model, data.forget_batch)).double().cpu().numpy()
+    return np.repeat(losses, data.counts.numpy().astype(int))
+
+
 def evaluate_unlearning(model, tokenizer, canaries, val_ids, retain_ids, forget_items, block_size: int,
                         reference=None, names=None, max_blocks: int = 64, candidates: int | None = None, progress: bool = True) -> dict:
     """Everything a method reports: exact exposure of each canary in ``names`` (default all; among
     ``candidates`` sampled secrets if given, see :func:`~tutorial_lib.privacy.exposure.compute_exposure`,
     with its bar if ``progress``), validation and retain perplexity, loss on the forget items, and KL
-    of next-token predictions from ``reference`` (the retrained model) on validation text."""
+    of next-token predictions from ``reference`` (the retrained model) on validation text with the forget
+    quality against it (:func:`~tutorial_lib.unlearning.verdicts.forget_quality` of the per-item forget
+    losses, :func:`forget_item_losses`)."""
     check_causal_lm(model)
 
     model.eval()
@@ -51,11 +64,11 @@ def evaluate_unlearning(model, tokenizer, canaries, val_ids, retain_ids, forget_
     out["val_loss"] = compute_loss(model, val_ids, block_size, max_blocks=max_blocks)
     out["val_perplexity"] = math.exp(out["val_loss"])
     out["retain_perplexity"] = math.exp(compute_loss(model, retain_ids, block_size, max_blocks=max_blocks))
-    data = prepare_unlearning_data(model, tokenizer, forget_items, None, n_train=len(forget_items) + 1, block_size=block_size)
-    with torch.no_grad():
-        losses = sample_losses(lm_outputs(model, data.forget_batch))
-    out["forget_loss"] = float((losses.double() @ data.counts) / data.counts.sum())
+    losses = forget_item_losses(model, tokenizer, forget_items, block_size)
+    out["forget_loss"] = float(losses.mean())
     if reference is not None:
         reference.eval()
         out["kl_to_reference"] = next_token_kl(model, reference, val_ids, block_size, max_blocks=min(max_blocks, 32))
+        out["forget_quality"] = (forget_quality(losses, forget_item_losses(reference, tokenizer, forget_items, block_size))
+                                 if len(losses) >= 2 else math.nan)  # a test needs two items at least
     return out

@@ -183,3 +183,20 @@ def fisher_forgetting_update(model, data: UnlearningData, space: ParameterSpace,
     noise = (cfg.mu * cfg.sigma**2) ** 0.25 * F.power_product(eps, cfg.exponent)
     diag.update(noise_norm=float(noise.norm()), structure=F.structure, m=F.m)
     return step.to(noise.dtype) + noise, diag
+
+
+def newton_equivalent_eta(n_train: int, k: int, retain_tokens: int, window_targets: int, forget_targets: float) -> float:
+    """The step scale η at which Fisher Removal's step equals a plain Newton step on the summed token
+    loss, H⁻¹Δ_tok with H ≈ (retain tokens) × the per-token Fisher. The units differ: F̂ is built from
+    per-window *mean* losses over ``window_targets`` tokens, Δ from each forget item's mean over its
+    ``forget_targets`` target tokens, and ``n_train`` counts lines. If the per-token gradients of a
+    window were uncorrelated, F̂ ≈ F_token / ``window_targets``, and the two steps agree at
+    η = (n − k) · forget_targets / (retain_tokens · window_targets). An order of magnitude, not an
+    identity: correlated tokens make the true factor larger. Notebook 04."""
+    for name, value in (("n_train", n_train), ("retain_tokens", retain_tokens), ("window_targets", window_targets),
+                        ("forget_targets", forget_targets)):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+    if not 0 < k < n_train:
+        raise ValueError(f"k must be between 1 and n_train - 1 = {n_train - 1}, got {k}")
+    return (n_train - k) * forget_targets / (retain_tokens * window_targets)
