@@ -15,37 +15,44 @@ def _row(x, exposure, ppl):
     return {"params": {"x": x}, "exposure": {"c": exposure}, "val_perplexity": ppl}
 
 
-def test_choose_setting_follows_the_bands():
-    original = {"val_perplexity": 10.0, "exposure": {"c": 18.0}}
-    oracle = {"val_perplexity": 10.0, "exposure": {"c": 1.0}}
+def test_choose_setting_follows_the_bands_around_the_controls():
+    original = {"val_perplexity": 10.0, "exposure": {"c": 18.0, "k1": 0.5, "k2": 1.5}}  # the controls' level: 1.0 bit
+    controls = ["k1", "k2"]
     rows = [_row(1, 0.5, 12.5), _row(2, 3.9, 11.0), _row(3, 2.0, 11.5), _row(4, 9.0, 10.2), {"params": {"x": 5}, "error": "refused"}]
     choose = studies.choose_setting
-    assert choose(rows, "c", original, oracle)["params"]["x"] == 2  # within 3 bits of the oracle and the budget, lowest perplexity
-    assert choose(rows, "c", original, oracle, prefer=lambda r: -r["params"]["x"])["params"]["x"] == 3
-    assert choose(rows, "c", original, oracle, tolerance_bits=1.5)["params"]["x"] == 3
-    assert choose(rows, "c", original, oracle, tolerance_bits=0.5)["params"]["x"] == 1  # erasure first: over budget, but close
-    assert choose(rows, "c", original, oracle, max_ppl_increase=0.0)["params"]["x"] == 2  # none in budget: lowest perplexity of the close
-    assert choose(rows, "c", original, oracle, tolerance_bits=-1)["params"]["x"] == 1  # none close: lowest exposure
+    assert studies.control_level(original, controls) == 1.0
+    assert choose(rows, "c", original, controls)["params"]["x"] == 2  # within 3 bits of the controls and the budget, lowest perplexity
+    assert choose(rows, "c", original, controls, prefer=lambda r: -r["params"]["x"])["params"]["x"] == 3
+    assert choose(rows, "c", original, controls, tolerance_bits=1.5)["params"]["x"] == 3
+    assert choose(rows, "c", original, controls, tolerance_bits=0.5)["params"]["x"] == 1  # erasure first: over budget, but close
+    assert choose(rows, "c", original, controls, max_ppl_increase=0.0)["params"]["x"] == 2  # none in budget: lowest perplexity of the close
+    assert choose(rows, "c", original, controls, tolerance_bits=-1)["params"]["x"] == 1  # none close: the nearest to the band
+    below = [_row(1, 0.0, 10.5), _row(2, 6.0, 10.1)]
+    assert choose(below, "c", {**original, "exposure": {"c": 18.0, "k1": 5.0, "k2": 5.0}}, controls)["params"]["x"] == 2  # two-sided
     ties = [_row(1, 13.0, 6.0), _row(2, 13.0, 5.0)]
-    assert choose(ties, "c", original, oracle)["params"]["x"] == 2  # equal exposure: lower perplexity
-    assert choose(rows[-1:], "c", original, oracle) is None
+    assert choose(ties, "c", original, controls)["params"]["x"] == 2  # equal exposure: lower perplexity
+    assert choose(rows[-1:], "c", original, controls) is None
+    with pytest.raises(ValueError, match="at least one never-inserted canary"):
+        choose(rows, "c", original, [])
+    with pytest.raises(ValueError, match="no exposure for the controls"):
+        choose(rows, "c", original, ["k3"])
 
 
-def test_choose_setting_defaults_are_the_course_bands():
+def test_choose_setting_defaults_are_the_course_bands_and_it_takes_no_oracle():
     params = inspect.signature(studies.choose_setting).parameters
     # read from BANDS, not a copy of its numbers: the very objects
     assert params["tolerance_bits"].default is BANDS.exposure_bits
     assert params["max_ppl_increase"].default is BANDS.perplexity_increase
-    original = {"val_perplexity": 10.0, "exposure": {"c": 18.0}}
-    oracle = {"val_perplexity": 10.0, "exposure": {"c": 1.0}}
+    assert not any("oracle" in name or "retrained" in name for name in params)
+    original = {"val_perplexity": 10.0, "exposure": {"c": 18.0, "k": 1.0}}
     # preferring the highest perplexity picks the point at the bands' edges: x=1 sits just inside both
     # (1 + 3 bits, 10 x 1.2), x=2 just outside the exposure band, x=3 just outside the perplexity budget
     rows = [_row(1, 4.0, 11.99), _row(2, 4.01, 11.995), _row(3, 1.0, 12.01), _row(4, 2.0, 10.5)]
     highest = {"prefer": lambda r: -r["val_perplexity"]}
-    assert studies.choose_setting(rows, "c", original, oracle, **highest)["params"]["x"] == 1
-    assert studies.choose_setting(rows, "c", original, oracle, tolerance_bits=3.02, **highest)["params"]["x"] == 2
-    assert studies.choose_setting(rows, "c", original, oracle, max_ppl_increase=0.21, **highest)["params"]["x"] == 3
-    assert studies.choose_setting(rows, "c", original, oracle, max_ppl_increase=0.19, **highest)["params"]["x"] == 4
+    assert studies.choose_setting(rows, "c", original, ["k"], **highest)["params"]["x"] == 1
+    assert studies.choose_setting(rows, "c", original, ["k"], tolerance_bits=3.02, **highest)["params"]["x"] == 2
+    assert studies.choose_setting(rows, "c", original, ["k"], max_ppl_increase=0.21, **highest)["params"]["x"] == 3
+    assert studies.choose_setting(rows, "c", original, ["k"], max_ppl_increase=0.19, **highest)["params"]["x"] == 4
 
 
 def test_cached_result_computes_once(tmp_path):
@@ -73,7 +80,19 @@ def test_removal_sweep_at_tiny(tiny_cache, monkeypatch, shown_bars):
     bars = shown_bars(studies, training, trie, api)
     cfg = MemorizationConfig.for_profile("tiny")
     grid = {"eta": [1e-30, 5e-4, 1e4]}  # a step far below float32 resolution, the default, one far too large
+    seen = []
+
+    def spy(*args, **kwargs):  # the rule never receives the retrained model's evaluation
+        seen.append((args, kwargs))
+        return choose(*args, **kwargs)
+
+    choose = studies.choose_setting
+    monkeypatch.setattr(studies, "choose_setting", spy)
     result, cached = studies.run_removal_sweep(cfg, 0, "cpu", grid=grid, progress=False)
+    (args, kwargs), = seen
+    assert all(a is not result["oracle"] and a != result["oracle"] for a in (*args, *kwargs.values()))
+    assert result["controls"] and set(result["controls"]) <= set(result["original"]["exposure"])
+    assert set(result["oracle"]["exposure"]) == {result["target"]}
     assert bars.getvalue() == ""  # progress off: no bar at any depth (training, unlearning, exposure)
     target = result["target"]
     zero, step, huge = result["rows"]

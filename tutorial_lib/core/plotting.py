@@ -132,8 +132,8 @@ def plot_tradeoff(sweep: dict, ax=None, group: str | None = None, max_ppl_increa
     """Exposure of the forgotten canary against validation perplexity for every point of a sweep
     (:func:`~tutorial_lib.experiments.sweeps.run_removal_sweep` and friends): one line per value of ``group`` (a
     swept field), the other fields annotated; the original (square), the retrained oracle (star), the
-    perplexity budget (dotted; by default :data:`~tutorial_lib.core.profiles.BANDS`) and the sweep's
-    pick (ringed); ``references=False`` draws the points only (for a second sweep on the same axes).
+    perplexity budget (dotted; by default :data:`~tutorial_lib.core.profiles.BANDS`), the band of the
+    never-inserted controls that the oracle-free rule aims at (shaded) and the sweep's pick (ringed); ``references=False`` draws the points only (for a second sweep on the same axes).
     Notebooks 04 to 06."""
     ax = _axes(ax)
     target = sweep["target"]
@@ -155,6 +155,10 @@ def plot_tradeoff(sweep: dict, ax=None, group: str | None = None, max_ppl_increa
     if chosen:
         ax.plot(chosen["val_perplexity"], chosen["exposure"][target], "o", ms=14, mfc="none", mec="black", label="chosen setting")
     ax.axvline((1 + max_ppl_increase) * original["val_perplexity"], color="grey", ls=":", label=f"+{max_ppl_increase:.0%} perplexity")
+    if sweep.get("controls"):  # the oracle-free rule's band: never-inserted secrets under the original, ± BANDS.exposure_bits
+        level = sum(original["exposure"][c] for c in sweep["controls"]) / len(sweep["controls"])
+        ax.axhspan(max(level - BANDS.exposure_bits, 0.0), level + BANDS.exposure_bits, color="grey", alpha=0.12,
+                   label=f"controls ± {BANDS.exposure_bits:g} bits (the rule's band)")
     ax.set_xlabel("validation perplexity")
     ax.set_ylabel(f"exposure of {target} (bits, |R| = {sweep['candidates']:,})" if sweep.get("candidates") else f"exposure of {target} (bits)")
     ax.legend(fontsize="x-small")

@@ -56,6 +56,11 @@ class UnlearningSetup:
     retrained_from_cache: bool = False
 
     @property
+    def controls(self) -> list[str]:
+        """The never-inserted canaries' names: the reference band of the oracle-free rule."""
+        return [c.name for c in self.canaries if c.insertions == 0]
+
+    @property
     def others(self) -> list:
         """The watched canaries other than the target, in :attr:`watch` order."""
         by_name = {c.name: c for c in self.canaries}
@@ -175,24 +180,38 @@ def trace_sweep(setup: UnlearningSetup, method: str, base, lrs: list[float], che
     return rows
 
 
-def choose_setting(rows: list[dict], target: str, original: dict, oracle: dict,
+def control_level(model_point: dict, controls: list[str]) -> float:
+    """Where never-inserted secrets sit under a model: the mean exposure of the ``controls`` (canaries
+    inserted 0 times) in ``model_point`` (an evaluation of the model being unlearned). A secret the
+    model never saw ranks uniformly among the candidates, 1/ln 2 ≈ 1.44 bits on average."""
+    if not controls:
+        raise ValueError("the control band needs at least one never-inserted canary (controls=[])")
+    missing = [c for c in controls if c not in model_point["exposure"]]
+    if missing:
+        raise ValueError(f"the evaluation holds no exposure for the controls {missing}; evaluate them too")
+    return sum(model_point["exposure"][c] for c in controls) / len(controls)
+
+
+def choose_setting(rows: list[dict], target: str, original: dict, controls: list[str],
                    max_ppl_increase: float = BANDS.perplexity_increase, tolerance_bits: float = BANDS.exposure_bits,
                    prefer=None) -> dict | None:
-    """The rule behind the documented defaults, erasure first: the points whose exposure of the target
-    is within ``tolerance_bits`` of the oracle's, above or below (two-sided: driving a secret far below
-    the retrained model's exposure is over-forgetting, not a better erasure); among them, those whose
-    validation perplexity stays within ``1 + max_ppl_increase`` times the original's if any do, and of
-    these the one minimising ``prefer(row)`` (default: the perplexity). If no point is within the
-    band, the one nearest to the oracle's exposure (ties: lower perplexity). ``None`` for no valid
-    point. The defaults are the course's bands, :data:`~tutorial_lib.core.profiles.BANDS` (3 bits,
-    +20 % perplexity). It reads the oracle: a sweep with it picks the *documented* defaults."""
+    """The rule behind the documented defaults, chosen **without the retrained model** (a real deletion
+    request has none): only the model being unlearned is consulted. Erasure first: the points whose
+    exposure of the target is within ``tolerance_bits`` of the never-inserted controls' level under
+    the original model (:func:`control_level`), above or below; among them, those whose validation
+    perplexity stays within ``1 + max_ppl_increase`` times the original's if any do, and of these the
+    one minimising ``prefer(row)`` (default: the perplexity, which picks the gentlest step that makes
+    the secret look like a never-inserted one). If no point is within the band, the one nearest to it
+    (ties: lower perplexity). ``None`` for no valid point. The defaults are the course's bands,
+    :data:`~tutorial_lib.core.profiles.BANDS` (3 bits, +20 % perplexity). The retrained model judges
+    the result (:func:`~tutorial_lib.unlearning.verdicts.judge`); it never tunes it."""
     valid = [r for r in rows if "error" not in r]
     if not valid:
         return None
-    goal = oracle["exposure"][target]
-    close = [r for r in valid if abs(r["exposure"][target] - goal) <= tolerance_bits]
+    level = control_level(original, controls)
+    close = [r for r in valid if abs(r["exposure"][target] - level) <= tolerance_bits]
     if not close:
-        return min(valid, key=lambda r: (abs(r["exposure"][target] - goal), r["val_perplexity"]))
+        return min(valid, key=lambda r: (abs(r["exposure"][target] - level), r["val_perplexity"]))
     kept = [r for r in close if r["val_perplexity"] <= (1 + max_ppl_increase) * original["val_perplexity"]]
     if kept:
         return min(kept, key=prefer or (lambda r: r["val_perplexity"]))
@@ -212,16 +231,19 @@ def forgetting_grid(profile: str) -> dict[str, list]:
 
 def _sweep_study(name: str, cfg: MemorizationConfig, method: str, base, grid: dict, seed: int, device, candidates: int,
                  use_cache: bool, progress: bool, prefer=None, run=None) -> tuple[dict, bool]:
-    """A cached sweep with the original's and the oracle's points and the :func:`choose_setting`
-    pick. ``run(setup)`` makes the rows (default: :func:`sweep_unlearning` over ``grid``)."""
+    """A cached sweep with the original's point (with the controls' exposures), the oracle's (to
+    judge; never passed to the rule) and the :func:`choose_setting` pick. ``run(setup)`` makes the
+    rows (default: :func:`sweep_unlearning` over ``grid``)."""
     def compute():
         setup = unlearning_setup(cfg, seed, device, progress=progress)
-        target = setup.target.name
-        original, oracle = (setup.evaluate(m, names=[target], candidates=candidates, progress=progress)
-                            for m in (setup.model, setup.retrained))
+        target, controls = setup.target.name, setup.controls
+        # the original with the controls (the rule's band), the oracle only to judge; rows: the target alone
+        original = setup.evaluate(setup.model, names=[target, *controls], candidates=candidates, progress=progress)
+        oracle = setup.evaluate(setup.retrained, names=[target], candidates=candidates, progress=progress)
         rows = run(setup) if run else sweep_unlearning(setup, method, base, grid, candidates, progress)
-        return {"method": method, "target": target, "candidates": candidates, "base": dataclasses.asdict(base), "grid": grid,
-                "original": original, "oracle": oracle, "rows": rows, "chosen": choose_setting(rows, target, original, oracle, prefer=prefer)}
+        return {"method": method, "target": target, "controls": controls, "candidates": candidates, "base": dataclasses.asdict(base),
+                "grid": grid, "original": original, "oracle": oracle, "rows": rows,
+                "chosen": choose_setting(rows, target, original, controls, prefer=prefer)}
 
     key = {"run": cfg.to_dict(), "seed": seed, "method": method, "base": dataclasses.asdict(base), "grid": grid, "candidates": candidates}
     return cached_result(name, key, compute, use_cache=use_cache)
