@@ -21,19 +21,29 @@ def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch, tiny_cache
     assert "| retrained oracle |" in removal and "| fisher_removal |" in removal and "| npo |" in removal
     data = json.loads((out / "unlearning_methods.json").read_text())
     assert set(data["reports"]) == {"fisher_removal", "fisher_forgetting", "gradient_ascent", "gradient_difference", "npo", "fine_tune"}
+    assert data["verdicts"]["retrained oracle"]["verdict"] == "at the retrained model" and data["verdicts"]["original"]["verdict"] == "under-forgotten"
+    assert [c["claim"] for c in data["claims"]] == ["C1", "C5"] and data["claims"][1]["verdict"] == "inconclusive"  # tiny: retraining in seconds
+    assert "- C1 " in removal and "forget loss: the secret given the canary's prefix" in removal
     forgotten = {m: r["exposure"][data["target"]] for m, r in data["results"].items()}
     assert forgotten["fisher_removal"] < forgotten["original"] - 3 and forgotten["gradient_ascent"] < forgotten["original"]
     bench = (out / "benchmark.md").read_text()
     assert "## shakespeare" in bench and "## bible" in bench and "C2 (seed 0)" in bench
     data = json.loads((out / "benchmark.json").read_text())
+    claims = data["claims"]["corpora"]["shakespeare"]
+    assert {claims[c]["verdict"] for c in ("c1", "c2", "c5")} <= {"reproduced", "not reproduced", "inconclusive"}
+    assert claims["c1"]["forget_loss"] == "secret" and claims["c1"]["band"]["exposure_bits"] == 3.0
+    row = data["summary"]["shakespeare"]["models"]["fisher_removal"]
+    assert {"forget_quality", "privleak", "membership_auc", "kl_to_retrained", "retain_perplexity", "val_perplexity"} <= set(row)
+    assert "## Claims" in bench
     assert len(data["cells"]) == 2 and set(data["summary"]) == {"shakespeare", "bible"} and "torch" in data["versions"]
     assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     dp = (out / "dp_sgd.md").read_text()
-    assert "shakespeare (tiny-scale model)" in dp and "| non-private | ∞ |" in dp and "| eps = 1 |" in dp
+    assert "shakespeare (tiny-scale model)" in dp and "| non-private | ∞ |" in dp and "| sigma = 0 (same pipeline) | ∞ | 0.00 |" in dp and "| eps = 1 |" in dp
     data = json.loads((out / "dp_sgd.json").read_text())
     rows = data["curves"]["shakespeare"]["rows"]
-    assert [r["target_epsilon"] for r in rows] == [None, 8.0, 3.0, 1.0] and data["own_scale"] is None
-    assert all(r["epsilon"] <= r["target_epsilon"] for r in rows[1:])
+    assert [r["target_epsilon"] for r in rows] == [None, None, 8.0, 3.0, 1.0] and data["own_scale"] is None
+    assert [r["matched"] for r in rows] == [False, True, False, False, False] and rows[1]["noise_multiplier"] == 0.0
+    assert all(r["epsilon"] <= r["target_epsilon"] for r in rows[2:])
     assert set(data["unlearning"]["shakespeare"]["rows"]) >= {"original", "retrained", "fisher_removal"}
     assert (out / "dp_sgd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cases = (out / "case_studies.md").read_text()

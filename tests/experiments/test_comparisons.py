@@ -164,9 +164,18 @@ def test_dp_versus_unlearning():
     assert s.canary == "carol" and s.dp["exposure"] == 4.1 and s.dp_lowers_exposure and s.dp_costs_perplexity
     assert s.summary() == (f"{'shakespeare':26s} exposure / val ppl: original 11.70 / 10.00 | retrained  0.24 / 9.50 | "
                            "Fisher Removal  1.99 / 10.40 | DP eps 1  4.10 / 17.80")
-    assert s.verdict() == (f"{'shakespeare':26s} DP at eps 1: exposure 7.60 bits lower, val ppl +78% | Fisher Removal: "
+    assert s.verdict() == (f"{'shakespeare':26s} DP at eps 1 against the original: exposure 7.60 bits lower, val ppl +78% | Fisher Removal: "
                            "lower exposure (1.99 bits) at lower perplexity (10.40)")
-    assert s.to_dict()["dp_lowers_exposure"]
+    assert s.to_dict()["dp_lowers_exposure"] and s.matched is None
+    # with the sigma = 0 run through the same pipeline, DP is compared with it: the price of privacy alone
+    matched = [rows[0], {"target_epsilon": None, "matched": True, "exposure": {"carol": 10.0, "bob": 4.0}, "val_perplexity": 16.0}, *rows[1:]]
+    m = dp_versus_unlearning({"corpus": "shakespeare", "canaries": canaries, "rows": matched}, unlearning, 1.0)
+    assert m.baseline is m.matched and m.dp_lowers_exposure and m.dp_costs_perplexity
+    assert "sigma 0 10.00 / 16.00" in m.summary()
+    assert m.verdict().startswith(f"{'shakespeare':26s} DP at eps 1 against sigma 0, same pipeline: exposure 5.90 bits lower, val ppl +11% "
+                                  "(the pipeline alone: val ppl +60% against the original)")
+    matched[1]["val_perplexity"] = 18.0
+    assert not dp_versus_unlearning({"corpus": "x", "canaries": canaries, "rows": matched}, unlearning, 1.0).dp_costs_perplexity
     with pytest.raises(ValueError, match="no DP run at target epsilon 3"):
         dp_versus_unlearning({"corpus": "x", "canaries": canaries, "rows": rows}, unlearning, 3.0)
 

@@ -169,6 +169,35 @@ def test_window_dataset_and_its_errors():
         window_dataset(torch.arange(15), block_size=9)
 
 
+def test_whole_line_windows_never_cut_a_protected_line():
+    from tutorial_lib.privacy.dp import whole_line_windows
+
+    lines = [[1] * 7, [2] * 4, [3] * 9, [4] * 4, [5] * 3]  # width 10: line 1 (2s) and line 3 (4s) are the canaries
+    ds = whole_line_windows(lines, block_size=9, keep_whole={1, 3}, pad_id=0)
+    windows, masks = ds.tensors
+    assert windows.shape[1] == 10 and masks.shape == windows.shape
+    for w, m in zip(windows.tolist(), masks.tolist()):
+        real = [t for t, keep in zip(w, m) if keep]
+        assert real == w[: len(real)] and all(t == 0 for t in w[len(real):])  # padding only at the end
+        for canary in (2, 4):
+            assert real.count(canary) in (0, 4)  # each protected line whole, in one window
+    flat = [t for w, m in zip(windows.tolist(), masks.tolist()) for t, keep in zip(w, m) if keep]
+    assert flat == [t for line in lines for t in line]  # every token, in order, once
+    with pytest.raises(ValueError, match="cannot stay whole"):
+        whole_line_windows([[1] * 12, [2] * 30], block_size=9, keep_whole={0})
+
+
+def test_masked_window_loss_is_the_mean_over_real_targets():
+    model = tiny_gpt2()
+    windows = torch.randint(0, 32, (3, 9), generator=torch.Generator().manual_seed(0))
+    full = torch.ones_like(windows)
+    assert torch.allclose(window_loss(model, windows, full), window_loss(model, windows))
+    mask = full.clone()
+    mask[0, 5:] = 0  # the first window has 5 real tokens: 4 targets
+    expected = torch.stack([window_loss(model, windows[:1, :5]), window_loss(model, windows[1:2]), window_loss(model, windows[2:3])]).mean()
+    assert torch.allclose(window_loss(model, windows, mask), expected, atol=1e-6)
+
+
 def test_dp_training_is_seeded_and_reports_what_it_spent():
     ids = torch.randint(0, 32, (16 * 9 * 8,), generator=torch.Generator().manual_seed(1))
     cfg = TrainConfig(steps=6, batch_size=8, block_size=8, lr=1e-2, warmup_steps=2, eval_every=3, eval_blocks=2)
@@ -192,15 +221,18 @@ def test_dp_training_is_seeded_and_reports_what_it_spent():
 
 def test_privacy_lowers_the_exposure_of_the_100x_canary_at_tiny(tiny_cache, monkeypatch):
     """Notebook 08's claim at the tiny profile: at ε = 1 the 100×-inserted canary is far less
-    exposed than without privacy, and validation perplexity is higher."""
+    exposed than without privacy, and validation perplexity is higher, against the ordinary run and
+    against σ = 0 through the same pipeline (whose windows keep every canary occurrence whole)."""
     from tutorial_lib.experiments.memorization import MemorizationConfig
 
     monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
     cfg = MemorizationConfig.for_profile("tiny")
     result, _ = run_dp_study(cfg, epsilons=(1.0,), seed=0, progress=False)
-    private, dp1 = result["rows"]
+    private, matched, dp1 = result["rows"]
     carol = next(c["name"] for c in result["canaries"] if c["insertions"] == 100)
     assert private["label"] == "non-private" and dp1["target_epsilon"] == 1.0
+    assert matched["matched"] and matched["noise_multiplier"] == 0.0 and matched["epsilon"] is None
     assert 0.95 <= dp1["epsilon"] <= 1.0
-    assert dp1["exposure"][carol] <= private["exposure"][carol] - 3.0
-    assert dp1["val_perplexity"] > private["val_perplexity"]
+    for baseline in (private, matched):
+        assert dp1["exposure"][carol] <= baseline["exposure"][carol] - 3.0
+        assert dp1["val_perplexity"] > baseline["val_perplexity"]

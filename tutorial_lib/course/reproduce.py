@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from ..core.cache import cache_root
@@ -33,7 +34,7 @@ from ..experiments.case_studies import (
     run_case_study,
 )
 from ..experiments.case_study_data import CaseStudyConfig
-from ..experiments.comparisons import benchmark_claims
+from ..experiments.comparisons import benchmark_claims, c1_claim, c5_claim
 from ..experiments.dp_comparison import (
     DPComparisonConfig,
     dp_markdown,
@@ -58,6 +59,7 @@ from ..experiments.robustness import (
     run_sequential_study,
 )
 from ..experiments.sweeps import run_unlearning_methods
+from ..unlearning.verdicts import judge_rows
 from .notebook import library_versions
 from .warm_cache import warm
 from .workers import default_jobs
@@ -191,19 +193,28 @@ def write_unlearning(data: dict, out: Path) -> list[Path]:
         f"Forgotten: {data['target']} ({inserted[data['target']]}x), every method at its profile default. Retraining took "
         f"{data['retrain_seconds']:.0f} s. Exact exposure in bits; validation perplexity on 64 blocks.", "",
         "| model | " + " | ".join(f"{n} ({inserted[n]}x)" if inserted[n] else f"{n} (control)" for n in names)
-        + " | val ppl | forget loss | KL to oracle | seconds | / retraining |",
-        "|---|" + "---:|" * (len(names) + 5),
+        + " | val ppl | forget loss | KL to oracle | forget quality (p) | seconds | / retraining | verdict |",
+        "|---|" + "---:|" * (len(names) + 7) + "---|",
     ]
+    oracle, first = data["results"]["retrained oracle"], data["results"]["original"]
+    verdicts = {model: judge_rows(r, oracle, first, data["target"]).to_dict() for model, r in data["results"].items()}
     for model, r in data["results"].items():
         rep = data["reports"].get(model)
         timing = f" {rep['seconds']:.1f} | {rep['seconds'] / data['retrain_seconds']:.3f} |" if rep else " | |"
+        v = verdicts[model]
         lines.append(f"| {model} | " + " | ".join(f"{r['exposure'][n]:.2f}" for n in names)
                      + f" | {r['val_perplexity']:.3f} ({r['val_perplexity'] / original - 1:+.1%}) | {r['forget_loss']:.2f} | "
-                     f"{r.get('kl_to_reference', 0.0):.4f} |" + timing)
+                     f"{r.get('kl_to_reference', 0.0):.4f} | {r.get('forget_quality', float('nan')):.2g} |" + timing
+                     + f" {v['verdict']}{': ' + '; '.join(v['reasons']) if v['reasons'] else ''} |")
+    claims = [c1_claim(verdicts["fisher_removal"], verdicts["original"])] if "fisher_removal" in verdicts else []
+    if "fisher_removal" in data["reports"]:
+        claims.append(c5_claim(data["reports"]["fisher_removal"]["seconds"], data["retrain_seconds"]))
+    lines += ["", "Verdicts: two-sided against the retrained oracle (`judge`); forget loss: the secret given the canary's prefix; "
+              "Fisher methods with K-FAC curvature.", ""] + [f"- {c.summary()}" for c in claims]
     md = out / "unlearning_methods.md"
     md.write_text("\n".join(lines) + "\n")
     js = out / "unlearning_methods.json"
-    _write_json(js, data)
+    _write_json(js, {**data, "verdicts": verdicts, "claims": [asdict(c) for c in claims]})
     use_style()
     return [md, js, _save_figure(unlearning_figure(data), out / "unlearning_methods.png")]
 

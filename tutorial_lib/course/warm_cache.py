@@ -95,7 +95,8 @@ def warm_jobs(profile: str | None = None, seed: int = 0, device: str | None = No
                         small + ("notebook 04: original and oracle, exact exposure",)))
         if dp.own_scale:
             jobs.append(Job(f"reproduction: DP-SGD at epsilon {list(dp.own_scale_epsilons)}, {profile}-scale model", run_dp_study,
-                            (cfg, dp.own_scale_epsilons, seed, device, dp.max_grad_norm), quiet, (run, *own_dp)))
+                            (cfg, dp.own_scale_epsilons, seed, device, dp.max_grad_norm), {**quiet, "matched": dp.own_scale_matched},
+                            (run, *own_dp)))
     bench = BenchmarkConfig.for_profile(profile)
     robust_cells = seed_benchmark_config(robust)
     wanted = [(dataclasses.replace(bench, seeds=(seed,)), c, seed) for c in bench.corpora]  # notebook 07's one-seed table

@@ -198,6 +198,35 @@ class BenchmarkClaims:
                             for name, c in self.corpora.items()}}
 
 
+def c1_claim(fisher_removal: dict, original: dict) -> ClaimVerdict:
+    """C1 from the two-sided verdicts (:meth:`~tutorial_lib.unlearning.verdicts.Verdict.to_dict`) of
+    Fisher Removal and of the original model against the retrained one: reproduced when Fisher Removal
+    is at the retrained model, inconclusive when the original itself is not under-forgotten (nothing to
+    forget), else not reproduced."""
+    v = fisher_removal["values"]
+    if original["verdict"] != "under-forgotten":
+        verdict = INCONCLUSIVE
+    else:
+        verdict = REPRODUCED if fisher_removal["verdict"] == "at the retrained model" else NOT_REPRODUCED
+    kl = "" if v.get("kl") is None else f", KL {v['kl']:.4f} vs the original's {v['original_kl']:.4f}"
+    evidence = (f"Fisher Removal {fisher_removal['verdict']}: {v['exposure']:.2f} bits vs retrained {v['retrained_exposure']:.2f} (original "
+                f"{original['values']['exposure']:.2f}), val ppl {v['perplexity'] / v['retrained_perplexity'] - 1:+.0%} against the "
+                f"retrained model's{kl}")
+    return ClaimVerdict("C1", verdict, evidence, v, fisher_removal["bands"], fisher_removal["forget_loss"])
+
+
+def c5_claim(seconds: float, retrain_seconds: float, max_fraction: float = 0.1, min_retrain_seconds: float = 60.0,
+             forget_loss: str = "secret") -> ClaimVerdict:
+    """C5: unlearning in at most ``max_fraction`` of retraining's wall time; inconclusive when retraining
+    takes under ``min_retrain_seconds`` (fixed costs then decide the ratio)."""
+    fraction = seconds / retrain_seconds
+    verdict = INCONCLUSIVE if retrain_seconds < min_retrain_seconds else REPRODUCED if fraction <= max_fraction else NOT_REPRODUCED
+    evidence = (f"{seconds:.1f} s vs retraining {retrain_seconds:.1f} s ({fraction:.2f})"
+                + (f"; retraining under {min_retrain_seconds:g} s: fixed costs decide the ratio" if verdict == INCONCLUSIVE else ""))
+    return ClaimVerdict("C5", verdict, evidence, {"seconds": seconds, "retrain_seconds": retrain_seconds, "fraction_of_retraining": fraction},
+                        {"max_fraction": max_fraction, "min_retrain_seconds": min_retrain_seconds}, forget_loss)
+
+
 def benchmark_claims(result: dict, max_fraction: float = 0.1, min_retrain_seconds: float = 60.0) -> BenchmarkClaims:
     """C1, C2 and C5 for every corpus of :func:`~tutorial_lib.experiments.benchmark.run_benchmark`'s
     ``result`` (means over its seeds), each reproduced, not reproduced or inconclusive:
@@ -219,15 +248,7 @@ def benchmark_claims(result: dict, max_fraction: float = 0.1, min_retrain_second
         fr, original = verdicts["fisher_removal"], verdicts["original"]
         if claims is None:
             claims = BenchmarkClaims(fr["bands"], max_fraction, min_retrain_seconds)
-        v = fr["values"]
-        if original["verdict"] != "under-forgotten":
-            c1 = INCONCLUSIVE
-        else:
-            c1 = REPRODUCED if fr["verdict"] == "at the retrained model" else NOT_REPRODUCED
-        evidence = (f"Fisher Removal {fr['verdict']}: {v['exposure']:.2f} bits vs retrained {v['retrained_exposure']:.2f} (original "
-                    f"{original['values']['exposure']:.2f}), val ppl {v['perplexity'] / v['retrained_perplexity'] - 1:+.0%} against the "
-                    f"retrained model's, KL {v['kl']:.4f} vs the original's {v['original_kl']:.4f}")
-        c1v = ClaimVerdict("C1", c1, evidence, v, fr["bands"], fr["forget_loss"])
+        c1v = c1_claim(fr, original)
         c2v = None
         if data.get("c2"):
             c2 = data["c2"]
@@ -239,13 +260,8 @@ def benchmark_claims(result: dict, max_fraction: float = 0.1, min_retrain_second
             c2v = ClaimVerdict("C2", c2["verdict"], evidence, {"fisher_removal": c2["fisher_removal"]["values"], "best_gradient_ascent": ga,
                                                                "gradient_ascent_at_retrained": c2["gradient_ascent_at_retrained"]},
                                fr["bands"], fr["forget_loss"])
-        seconds, retrain = m["fisher_removal"]["seconds"]["mean"], m["retrained"]["seconds"]["mean"]
-        fraction = m["fisher_removal"]["fraction_of_retraining"]["mean"]
-        c5 = INCONCLUSIVE if retrain < min_retrain_seconds else REPRODUCED if fraction <= max_fraction else NOT_REPRODUCED
-        c5v = ClaimVerdict("C5", c5, f"{seconds:.1f} s vs retraining {retrain:.1f} s ({fraction:.2f})"
-                           + (f"; retraining under {min_retrain_seconds:g} s: fixed costs decide the ratio" if c5 == INCONCLUSIVE else ""),
-                           {"seconds": seconds, "retrain_seconds": retrain, "fraction_of_retraining": fraction},
-                           {"max_fraction": max_fraction, "min_retrain_seconds": min_retrain_seconds}, fr["forget_loss"])
+        c5v = c5_claim(m["fisher_removal"]["seconds"]["mean"], m["retrained"]["seconds"]["mean"], max_fraction, min_retrain_seconds,
+                       fr["forget_loss"])
         claims.corpora[corpus] = CorpusClaims(corpus, c1v, c2v, c5v)
     return claims
 

@@ -49,7 +49,7 @@ from ..core.profiles import (
     resolve_profile,
 )
 from ..core.training import TrainedModel
-from ..privacy.dp import EPSILONS, DPConfig, train_dp_language_model
+from ..privacy.dp import EPSILONS, DPConfig, train_dp_language_model, whole_line_windows
 from ..privacy.exposure import compute_exposure
 from .benchmark import COLOURS, BenchmarkConfig, benchmark_cell
 from .memorization import (
@@ -63,16 +63,27 @@ from .sweeps import run_unlearning_methods
 DP_MODULES = ("privacy/dp.py", "experiments/dp_comparison.py")
 
 
+def canary_windows(tokenizer, inserted, block_size: int):
+    """DP's examples for the training lines of ``inserted`` (an :class:`~tutorial_lib.core.canaries.InsertedCorpus`):
+    windows of ``block_size + 1`` tokens in which every canary occurrence stays whole
+    (:func:`~tutorial_lib.privacy.dp.whole_line_windows`), as a dataset of (windows, mask). Notebook 08."""
+    line_ids = tokenizer([line + "\n" for line in inserted.lines], add_special_tokens=False)["input_ids"]
+    canary_lines = {i for positions in inserted.positions.values() for i in positions}
+    return whole_line_windows(line_ids, block_size, canary_lines, tokenizer.pad_token_id or 0)
+
+
 def train_dp_model(cfg: MemorizationConfig, dp: DPConfig, seed: int = 0, device: str | None = None, cache_dir=None,
                    progress: bool = True) -> TrainedModel:
     """Train (or load from the cache) the DP-SGD counterpart of the memorisation run ``cfg``: same
-    corpus, canaries, model and steps. Returns a :class:`~tutorial_lib.core.training.TrainedModel`; ``record["privacy"]`` holds σ, δ and the spent ε. Notebook 08."""
+    corpus, canaries, model and steps, over windows that keep every canary occurrence whole
+    (:func:`~tutorial_lib.privacy.dp.whole_line_windows`); ``DPConfig(noise_multiplier=0.0)`` is the
+    matched non-private run through the same pipeline. Returns a :class:`~tutorial_lib.core.training.TrainedModel`; ``record["privacy"]`` holds σ, δ and the spent ε. Notebook 08."""
     device = resolve_device(device)
     pretrained = load_pretrained(cfg.model.pretrained_path, device=device) if cfg.model.pretrained_path else None
     data = prepare_memorization(cfg, seed, pretrained[1] if pretrained else None)
     splits, tokenizer, canaries, inserted = data.splits, data.tokenizer, data.canaries, data.inserted
     run_config = {"kind": "dp-sgd", "seed": seed, "data_sha256": corpus_sha256(cfg.corpus)[1], **cfg.to_dict(),
-                  "dp": dp.to_dict()}
+                  "dp": dp.to_dict(), "windows": "canary occurrences whole"}
     run_config.pop("estimate_samples")
     if cfg.model.pretrained_path:  # keyed by the weights, not the folder's path
         run_config["pretrained_sha256"] = pretrained_fingerprint(cfg.model.pretrained_path)
@@ -82,10 +93,10 @@ def train_dp_model(cfg: MemorizationConfig, dp: DPConfig, seed: int = 0, device:
             run = load_run(folder, run_config, device=device)
             return TrainedModel(run.model, run.tokenizer, run.record, True, canaries, splits)
         model = pretrained[0] if pretrained else make_model(cfg.model, len(tokenizer), seed=seed, device=device)
-        train_ids = tokenize_lines(tokenizer, inserted.lines)
+        windows = canary_windows(tokenizer, inserted, cfg.train.block_size)
         val_ids = tokenize_lines(tokenizer, splits.validation)
         start = time.perf_counter()
-        history, privacy = train_dp_language_model(model, train_ids, val_ids, cfg.train, dp, seed=seed, device=device, progress=progress)
+        history, privacy = train_dp_language_model(model, windows, val_ids, cfg.train, dp, seed=seed, device=device, progress=progress)
         record = {"history": history.to_dict(), "privacy": privacy, "train_seconds": time.perf_counter() - start}
         save_run(folder, model, tokenizer, run_config, record)
         return TrainedModel(model, tokenizer, record, False, canaries, splits)
@@ -93,11 +104,15 @@ def train_dp_model(cfg: MemorizationConfig, dp: DPConfig, seed: int = 0, device:
 
 # ----------------------------------------------------------------------------------- the study
 def run_dp_study(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS, seed: int = 0, device=None, max_grad_norm: float = 1.0,
-             candidates: int | None = None, use_cache: bool = True, progress: bool = True) -> tuple[dict, bool]:
-    """DP-SGD at each target ε (δ = 1/n) next to the non-private run, on the memorisation run ``cfg``:
-    exposure of every canary (exact, or among ``candidates`` sampled secrets), validation
-    perplexity, σ and the spent ε (``None`` for the non-private run: ε = ∞), training time. Cached:
-    ``(result, from_cache)``. Rows are in the order non-private, then decreasing ε. Notebook 08 and the reproduction's DP table."""
+                 candidates: int | None = None, use_cache: bool = True, progress: bool = True, matched: bool = True) -> tuple[dict, bool]:
+    """DP-SGD at each target ε (δ = 1/n) next to two non-private runs, on the memorisation run ``cfg``:
+    the ordinary one (the original model: random-offset windows, batch clipping) and, with ``matched``,
+    σ = 0 through the very pipeline of the private runs (the same Opacus loader, Poisson sampling,
+    windows and per-example clipping), which separates the price of privacy from the price of the
+    pipeline. Per run: exposure of every canary (exact, or among ``candidates`` sampled secrets),
+    validation perplexity, σ and the spent ε (``None`` without noise: ε = ∞), training time. Cached:
+    ``(result, from_cache)``. Rows: non-private, σ = 0 (``"matched": True``), then decreasing ε.
+    Notebook 08 and the reproduction's DP table."""
 
     epsilons = tuple(sorted({float(e) for e in epsilons}, reverse=True))
     for e in epsilons:
@@ -112,31 +127,35 @@ def run_dp_study(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS
 
     def compute():
         run = train_memorization_model(cfg, seed=seed, device=device, progress=progress)
-        rows = [{"label": "non-private", "target_epsilon": None, "epsilon": None, "noise_multiplier": 0.0,
+        rows = [{"label": "non-private", "target_epsilon": None, "epsilon": None, "noise_multiplier": 0.0, "matched": False,
                  "train_seconds": run.record["train_seconds"], **evaluate(run.model, run.tokenizer, run.canaries, run.splits)}]
-        for eps in epsilons:
-            run = train_dp_model(cfg, DPConfig(target_epsilon=eps, max_grad_norm=max_grad_norm), seed=seed, device=device, progress=progress)
+        private = [DPConfig(target_epsilon=None, noise_multiplier=0.0, max_grad_norm=max_grad_norm)] if matched else []
+        private += [DPConfig(target_epsilon=eps, max_grad_norm=max_grad_norm) for eps in epsilons]
+        for dp in private:
+            run = train_dp_model(cfg, dp, seed=seed, device=device, progress=progress)
             model, tokenizer, canaries, splits, record = run.model, run.tokenizer, run.canaries, run.splits, run.record
             p = record["privacy"]
-            rows.append({"label": f"eps = {eps:g}", "target_epsilon": eps, "epsilon": p["epsilon"], "noise_multiplier": p["noise_multiplier"],
+            eps = dp.target_epsilon
+            rows.append({"label": "sigma = 0 (same pipeline)" if eps is None else f"eps = {eps:g}", "target_epsilon": eps,
+                         "epsilon": None if eps is None else p["epsilon"], "noise_multiplier": p["noise_multiplier"], "matched": eps is None,
                          "delta": p["delta"], "sample_rate": p["sample_rate"], "epochs": p["epochs"],
                          "train_seconds": record["train_seconds"], **evaluate(model, tokenizer, canaries, splits)})
         return {"corpus": cfg.corpus, "canaries": [c.to_dict() for c in canaries], "rows": rows}
 
-    return cached_result("dp_study", _study_key(cfg, epsilons, seed, max_grad_norm, candidates), compute, use_cache=use_cache,
+    return cached_result("dp_study", _study_key(cfg, epsilons, seed, max_grad_norm, candidates, matched), compute, use_cache=use_cache,
                          modules=DP_MODULES)
 
 
-def _study_key(cfg: MemorizationConfig, epsilons, seed: int, max_grad_norm: float, candidates: int | None) -> dict:
+def _study_key(cfg: MemorizationConfig, epsilons, seed: int, max_grad_norm: float, candidates: int | None, matched: bool) -> dict:
     return {"run": cfg.to_dict(), "seed": seed, "epsilons": sorted({float(e) for e in epsilons}, reverse=True),
-            "max_grad_norm": max_grad_norm, "candidates": candidates}
+            "max_grad_norm": max_grad_norm, "candidates": candidates, "matched": matched}
 
 
 def dp_study_cached(cfg: MemorizationConfig, epsilons: tuple[float, ...] = EPSILONS, seed: int = 0, max_grad_norm: float = 1.0,
-                    candidates: int | None = None) -> bool:
+                    candidates: int | None = None, matched: bool = True) -> bool:
     """Whether :func:`run_dp_study` with these arguments is already in the result cache."""
 
-    return result_path("dp_study", _study_key(cfg, epsilons, seed, max_grad_norm, candidates), modules=DP_MODULES).is_file()
+    return result_path("dp_study", _study_key(cfg, epsilons, seed, max_grad_norm, candidates, matched), modules=DP_MODULES).is_file()
 
 
 # ----------------------------------------------------------------------------------- notebook 08's comparison
@@ -151,7 +170,9 @@ class DPComparisonConfig:
     ``small``: the tiny-scale models of the benchmark for the four corpora (CPU), plus the small
     model on Shakespeare at ε = 1 in the reproduction (a DP run of the small model takes about
     3 minutes on 2 cores); ``tiny``: Shakespeare only; ``full``: the small-scale models for the
-    four corpora, plus the full model at every ε."""
+    four corpora, plus the full model at every ε. Every tiny-scale curve has its σ = 0 run through the
+    same pipeline (:func:`run_dp_study`); the profile-scale run has it where ``own_scale_matched`` (at
+    ``full``: at ``small`` it would add another 3 minutes of DP training to the reproduction)."""
 
     profile: str = "small"
     corpora: tuple[str, ...] = ()
@@ -160,11 +181,12 @@ class DPComparisonConfig:
     max_grad_norm: float = 1.0
     own_scale: bool = True
     own_scale_epsilons: tuple[float, ...] = (1.0,)
+    own_scale_matched: bool = False
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
         "tiny": {"corpora": ("shakespeare",), "own_scale": False},
         "small": {"corpora": tuple(CORPORA)},
-        "full": {"corpora": tuple(CORPORA), "own_scale_epsilons": EPSILONS},
+        "full": {"corpora": tuple(CORPORA), "own_scale_epsilons": EPSILONS, "own_scale_matched": True},
     }
 
     @classmethod
@@ -200,7 +222,8 @@ def run_dp_comparison(cfg: DPComparisonConfig, seed: int = 0, device=None, own_s
     own = own_unlearning = None
     if cfg.own_scale if own_scale is None else own_scale:
         own_cfg = MemorizationConfig.for_profile(cfg.profile)
-        own = run_dp_study(own_cfg, cfg.own_scale_epsilons, seed, device, cfg.max_grad_norm, progress=progress)[0]
+        own = run_dp_study(own_cfg, cfg.own_scale_epsilons, seed, device, cfg.max_grad_norm, progress=progress,
+                           matched=cfg.own_scale_matched)[0]
         methods = run_unlearning_methods(own_cfg, seed, device, progress=progress)
         names = {"retrained oracle": "retrained"}
         own_unlearning = {"target": methods["target"], "rows": {names.get(k, k): v for k, v in methods["results"].items()}}
@@ -248,6 +271,9 @@ def plot_dp_vs_unlearning(study: dict, unlearning: dict | None = None, ax=None, 
     for r in dp_rows:
         ax.annotate(f"ε={r['target_epsilon']:g}", (r["val_perplexity"], r["exposure"][name]), fontsize="x-small",
                     xytext=(4, 4), textcoords="offset points")
+    matched = next((r for r in rows if r.get("matched")), None)
+    if matched is not None:
+        ax.plot(matched["val_perplexity"], matched["exposure"][name], "D", mfc="none", mec="C5", ms=8, label="σ = 0, same pipeline")
     if unlearning is None or unlearning["target"] != name:
         ax.plot(rows[0]["val_perplexity"], rows[0]["exposure"][name], "ks", ms=8, label="non-private (original)")
     else:
@@ -264,39 +290,52 @@ def plot_dp_vs_unlearning(study: dict, unlearning: dict | None = None, ax=None, 
 @dataclass
 class DPVersusUnlearning:
     """The most-inserted canary (``canary``) on one model: exposure and validation perplexity of the
-    non-private ``original``, of the DP-SGD run at target ``epsilon`` (``dp``), and of the benchmark's
+    ordinary non-private ``original``, of the σ = 0 run through the DP pipeline (``matched``; ``None``
+    if the study has none), of the DP-SGD run at target ``epsilon`` (``dp``), and of the benchmark's
     ``retrained`` model and ``fisher_removal`` on the same model; each ``{"exposure", "val_perplexity"}``.
-    ``dp_lowers_exposure`` and ``dp_costs_perplexity`` are the bands notebook 08 holds DP-SGD to."""
+    ``baseline`` is what DP is compared with: the matched run where there is one (the price of privacy
+    alone), else the original. ``dp_lowers_exposure`` and ``dp_costs_perplexity`` are the bands
+    notebook 08 holds DP-SGD to."""
 
     title: str
     canary: str
     epsilon: float
     original: dict
+    matched: dict | None
     dp: dict
     retrained: dict
     fisher_removal: dict
 
     @property
+    def baseline(self) -> dict:
+        return self.matched if self.matched is not None else self.original
+
+    @property
     def dp_lowers_exposure(self) -> bool:
-        return self.dp["exposure"] < self.original["exposure"]
+        return self.dp["exposure"] < self.baseline["exposure"]
 
     @property
     def dp_costs_perplexity(self) -> bool:
-        return self.dp["val_perplexity"] > self.original["val_perplexity"]
+        return self.dp["val_perplexity"] > self.baseline["val_perplexity"]
 
     def summary(self) -> str:
-        """The four models' exposure / val ppl on one line."""
-        o, r, f, d = self.original, self.retrained, self.fisher_removal, self.dp
+        """The models' exposure / val ppl on one line."""
+        o, m, r, f, d = self.original, self.matched, self.retrained, self.fisher_removal, self.dp
         return (f"{self.title:26s} exposure / val ppl: original {o['exposure']:5.2f} / {o['val_perplexity']:.2f} | "
-                f"retrained {r['exposure']:5.2f} / {r['val_perplexity']:.2f} | "
+                + ("" if m is None else f"sigma 0 {m['exposure']:5.2f} / {m['val_perplexity']:.2f} | ")
+                + f"retrained {r['exposure']:5.2f} / {r['val_perplexity']:.2f} | "
                 f"Fisher Removal {f['exposure']:5.2f} / {f['val_perplexity']:.2f} | "
                 f"DP eps {self.epsilon:g} {d['exposure']:5.2f} / {d['val_perplexity']:.2f}")
 
     def verdict(self) -> str:
-        """What DP-SGD bought and cost, and where Fisher Removal lands against it, on one line."""
-        o, f, d = self.original, self.fisher_removal, self.dp
-        return (f"{self.title:26s} DP at eps {self.epsilon:g}: exposure {o['exposure'] - d['exposure']:.2f} bits lower, "
-                f"val ppl {d['val_perplexity'] / o['val_perplexity'] - 1:+.0%} | Fisher Removal: "
+        """What DP-SGD bought and cost against its baseline, what the pipeline alone cost, and where
+        Fisher Removal lands against DP, on one line."""
+        b, o, f, d = self.baseline, self.original, self.fisher_removal, self.dp
+        against = "sigma 0, same pipeline" if self.matched is not None else "the original"
+        pipeline = ("" if self.matched is None else
+                    f" (the pipeline alone: val ppl {self.matched['val_perplexity'] / o['val_perplexity'] - 1:+.0%} against the original)")
+        return (f"{self.title:26s} DP at eps {self.epsilon:g} against {against}: exposure {b['exposure'] - d['exposure']:.2f} bits lower, "
+                f"val ppl {d['val_perplexity'] / b['val_perplexity'] - 1:+.0%}{pipeline} | Fisher Removal: "
                 f"{'lower' if f['exposure'] < d['exposure'] else 'higher'} exposure ({f['exposure']:.2f} bits) at "
                 f"{'lower' if f['val_perplexity'] < d['val_perplexity'] else 'higher'} perplexity ({f['val_perplexity']:.2f})")
 
@@ -305,8 +344,8 @@ class DPVersusUnlearning:
 
 
 def dp_versus_unlearning(study: dict, unlearning: dict, epsilon: float, title: str | None = None) -> DPVersusUnlearning:
-    """The most-inserted canary of a DP ``study`` (:func:`run_dp_study`) under the non-private run, the DP
-    run at target ``epsilon`` and, from ``unlearning`` (the benchmark cell of the same model), the
+    """The most-inserted canary of a DP ``study`` (:func:`run_dp_study`) under the non-private run, the
+    σ = 0 run through the same pipeline (when the study has it), the DP run at target ``epsilon`` and, from ``unlearning`` (the benchmark cell of the same model), the
     retrained model and Fisher Removal. Notebook 08, "DP-SGD and unlearning on the same axes"."""
     by_count = {c["insertions"]: c["name"] for c in study["canaries"] if c["insertions"]}
     if not by_count:
@@ -319,4 +358,6 @@ def dp_versus_unlearning(study: dict, unlearning: dict, epsilon: float, title: s
                          f"{', '.join(format(r['target_epsilon'], 'g') for r in rows if r['target_epsilon'] is not None)}")
     point = lambda r: {"exposure": r["exposure"][canary], "val_perplexity": r["val_perplexity"]}  # noqa: E731
     u = unlearning["rows"]
-    return DPVersusUnlearning(title or study["corpus"], canary, epsilon, point(rows[0]), point(dp), point(u["retrained"]), point(u["fisher_removal"]))
+    matched = next((r for r in rows if r.get("matched")), None)
+    return DPVersusUnlearning(title or study["corpus"], canary, epsilon, point(rows[0]), None if matched is None else point(matched), point(dp),
+                              point(u["retrained"]), point(u["fisher_removal"]))

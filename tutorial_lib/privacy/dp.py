@@ -211,6 +211,43 @@ def window_dataset(ids: torch.Tensor, block_size: int) -> torch.utils.data.Tenso
     return torch.utils.data.TensorDataset(ids[: n * (block_size + 1)].reshape(n, block_size + 1))
 
 
+def whole_line_windows(line_ids: list[list[int]], block_size: int, keep_whole: set[int], pad_id: int = 0
+                       ) -> torch.utils.data.TensorDataset:
+    """The training text as windows of ``block_size + 1`` tokens in which no line of ``keep_whole`` (the
+    canary occurrences) is ever cut: lines are packed in order, ordinary lines split across windows as
+    they fall, and a protected line that would cross a window's end starts the next window instead; the
+    rest of the window it leaves is padding. Returns (windows, mask) with mask 1 on real tokens. DP's
+    examples for :func:`train_dp_language_model`, private or σ = 0 alike, so that every occurrence of a
+    canary is one whole example. ``line_ids``: each line's tokens, its line break included."""
+    width = block_size + 1
+    windows, masks, current = [], [], []
+
+    def emit():
+        if len(current) >= 2:
+            windows.append(current + [pad_id] * (width - len(current)))
+            masks.append([1] * len(current) + [0] * (width - len(current)))
+        current.clear()
+
+    for i, tokens in enumerate(line_ids):
+        if i in keep_whole:
+            if len(tokens) > width:
+                raise ValueError(f"line {i} has {len(tokens)} tokens, more than a window of block_size + 1 = {width}: it cannot stay whole")
+            if len(current) + len(tokens) > width:
+                emit()
+            current.extend(tokens)
+        else:
+            for token in tokens:
+                current.append(token)
+                if len(current) == width:
+                    emit()
+        if len(current) == width:
+            emit()
+    emit()
+    if len(windows) < 2:
+        raise ValueError(f"the training text makes {len(windows)} window(s) of {width} tokens: fewer than 2")
+    return torch.utils.data.TensorDataset(torch.tensor(windows, dtype=torch.long), torch.tensor(masks, dtype=torch.long))
+
+
 @dataclass
 class PrivateTraining:
     """What :func:`make_private` returns: the Opacus ``engine`` (its accountant), the private ``model``,
@@ -244,13 +281,18 @@ def make_private(model, optimizer, loader, noise_multiplier: float, max_grad_nor
     return PrivateTraining(engine, private, dp_optimizer, dp_loader)
 
 
-def window_loss(model, windows: torch.Tensor) -> torch.Tensor:
+def window_loss(model, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy of a batch of windows (B, T + 1), calling ``model`` with
-    whole-batch position ids. Every window has the same length, so this is the mean over the batch
-    of per-window mean losses: Opacus' ``loss_reduction="mean"``."""
+    whole-batch position ids: the mean over the batch of per-window mean losses (Opacus'
+    ``loss_reduction="mean"``). With a ``mask`` (1 on real tokens, 0 on padding, as
+    :func:`whole_line_windows` makes), each window's mean is over its real targets only."""
     inputs, labels = windows[:, :-1], windows[:, 1:]
     logits = model(input_ids=inputs, position_ids=position_ids(inputs), use_cache=False).logits
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    if mask is None:
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (B, T)
+    valid = mask[:, 1:].to(per_token.dtype)
+    return ((per_token * valid).sum(1) / valid.sum(1)).mean()
 
 
 def backward(loss: torch.Tensor) -> None:
@@ -263,14 +305,17 @@ def backward(loss: torch.Tensor) -> None:
 
 
 # ----------------------------------------------------------------------------------- training
-def train_dp_language_model(model, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig, dp: DPConfig, seed: int = 0,
+def train_dp_language_model(model, train_ids, val_ids: torch.Tensor, cfg: TrainConfig, dp: DPConfig, seed: int = 0,
                             device: str = "cpu", progress: bool = True) -> tuple[TrainHistory, dict]:
     """Train ``model`` in place with DP-SGD (AdamW as in :func:`~tutorial_lib.core.training.train_language_model`,
     same learning-rate schedule and number of steps; per-example clipping to ``dp.max_grad_norm``
-    replaces batch clipping). Returns the history and the privacy record: n windows, sample rate,
+    replaces batch clipping). ``train_ids``: the training text's token ids (cut into
+    :func:`window_dataset`'s windows) or a dataset of (windows, mask) from :func:`whole_line_windows`.
+    σ = 0 (``DPConfig(noise_multiplier=0)``) runs the same pipeline without noise: the matched
+    non-private baseline. Returns the history and the privacy record: n windows, sample rate,
     steps, σ, δ, the target and the spent ε (from the engine's accountant). Notebook 08."""
 
-    dataset = window_dataset(train_ids, cfg.block_size)
+    dataset = train_ids if isinstance(train_ids, torch.utils.data.Dataset) else window_dataset(train_ids, cfg.block_size)
     n = len(dataset)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, generator=torch.Generator().manual_seed(seed))
     sample_rate = 1 / len(loader)  # what Opacus' Poisson loader uses: about batch_size / n
@@ -293,7 +338,8 @@ def train_dp_language_model(model, train_ids: torch.Tensor, val_ids: torch.Tenso
     bar = tqdm(total=cfg.steps, desc=f"DP-SGD (sigma {sigma:.2f})", **progress_options(progress))
     try:
         while step < cfg.steps:
-            for (windows,) in dp_loader:
+            for batch in dp_loader:
+                windows, mask = batch[0], (batch[1].to(device) if len(batch) > 1 else None)
                 if step == cfg.steps:
                     break
                 for group in dp_optimizer.param_groups:
@@ -303,7 +349,7 @@ def train_dp_language_model(model, train_ids: torch.Tensor, val_ids: torch.Tenso
                     step += 1
                     bar.update()
                     continue
-                loss = window_loss(private, windows.to(device))
+                loss = window_loss(private, windows.to(device), mask)
                 dp_optimizer.zero_grad(set_to_none=True)
                 backward(loss)
                 dp_optimizer.step()
