@@ -98,6 +98,7 @@ from .experiments.comparisons import (
 )
 from .experiments.dp_comparison import (
     DPComparisonConfig,
+    c4_claim,
     canary_windows,
     dp_markdown,
     dp_study_cached,
@@ -178,7 +179,7 @@ from .unlearning.verdicts import Verdict, forget_quality, judge, judge_rows, pri
 __all__ = [
     "__version__", "forget_quality", "judge", "method_name", "judge_rows", "newton_equivalent_eta", "privleak", "secret_membership_auc", "Verdict", "attack_scores", "BANDS", "baseline_comparison", "benchmark_claims", "benchmark_markdown", "benchmark_selection",
     "BenchmarkConfig", "BlockFisher", "build_case_study", "Canary", "canary_forget_items", "canary_texts",
-    "canary_trie", "canary_windows", "case_study_attacks", "case_study_markdown", "CaseStudyConfig", "cells_cached", "certified_noise_std",
+    "c4_claim", "canary_trie", "canary_windows", "case_study_attacks", "case_study_markdown", "CaseStudyConfig", "cells_cached", "certified_noise_std",
     "CheckpointMismatchError", "choose_setting", "control_level", "classifier_outputs", "compute_exposure", "compute_loss",
     "compute_perplexity", "ConvexProblem", "CORPORA", "corpus_path", "cosine", "count_parameters",
     "curvature_matrices", "damping_study", "DataError", "DenseFisher", "DiagonalFisher", "DistributedFisher",

@@ -174,8 +174,16 @@ def test_dp_versus_unlearning():
     assert "sigma 0 10.00 / 16.00" in m.summary()
     assert m.verdict().startswith(f"{'shakespeare':26s} DP at eps 1 against sigma 0, same pipeline: exposure 5.90 bits lower, val ppl +11% "
                                   "(the pipeline alone: val ppl +60% against the original)")
+    from tutorial_lib.experiments.dp_comparison import c4_claim
+
+    other = dp_versus_unlearning({"corpus": "bible", "canaries": canaries, "rows": rows}, unlearning, 1.0)  # +78 % against +11 %
+    assert c4_claim({"shakespeare": m, "bible": other}).verdict == "reproduced"
+    assert c4_claim({"shakespeare": m, "same": m}).verdict == "not reproduced"  # the same cost everywhere: not uneven
+    assert c4_claim({"shakespeare": m}).verdict == "inconclusive"
     matched[1]["val_perplexity"] = 18.0
-    assert not dp_versus_unlearning({"corpus": "x", "canaries": canaries, "rows": matched}, unlearning, 1.0).dp_costs_perplexity
+    cheaper = dp_versus_unlearning({"corpus": "x", "canaries": canaries, "rows": matched}, unlearning, 1.0)
+    assert not cheaper.dp_costs_perplexity
+    assert c4_claim({"shakespeare": m, "x": cheaper}).verdict == "not reproduced" and "x: +5.90 bits lower" in c4_claim({"x": cheaper}).evidence
     with pytest.raises(ValueError, match="no DP run at target epsilon 3"):
         dp_versus_unlearning({"corpus": "x", "canaries": canaries, "rows": rows}, unlearning, 3.0)
 

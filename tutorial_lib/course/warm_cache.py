@@ -87,6 +87,8 @@ def warm_jobs(profile: str | None = None, seed: int = 0, device: str | None = No
 
     jobs += [Job("notebook 04: original and oracle, exact exposure", reference_points, (cfg, seed, device), quiet, small),
              Job("notebook 04: Fisher Removal sweep", run_removal_sweep, (cfg, seed, device), quiet, small),
+             Job("notebook 04: Fisher Removal sweep, Woodbury", run_removal_sweep, (cfg, seed, device), {**quiet, "structure": "woodbury"},
+                 small),
              Job("notebook 05: noise sweep", run_forgetting_sweep, (cfg, seed, device), quiet, small)]
     jobs += [Job(f"notebook 06: {m} sweep", run_baseline_sweep, (cfg, m, seed, device), quiet, small)
              for m in ("gradient_ascent", "gradient_difference", "npo", "fine_tune")]

@@ -52,6 +52,7 @@ from ..core.training import TrainedModel
 from ..privacy.dp import EPSILONS, DPConfig, train_dp_language_model, whole_line_windows
 from ..privacy.exposure import compute_exposure
 from .benchmark import COLOURS, BenchmarkConfig, benchmark_cell
+from .comparisons import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, ClaimVerdict
 from .memorization import (
     MemorizationConfig,
     prepare_memorization,
@@ -361,3 +362,20 @@ def dp_versus_unlearning(study: dict, unlearning: dict, epsilon: float, title: s
     matched = next((r for r in rows if r.get("matched")), None)
     return DPVersusUnlearning(title or study["corpus"], canary, epsilon, point(rows[0]), None if matched is None else point(matched), point(dp),
                               point(u["retrained"]), point(u["fisher_removal"]))
+
+
+def c4_claim(summaries: dict[str, DPVersusUnlearning], min_spread: float = 0.10) -> ClaimVerdict:
+    """C4 from :func:`dp_versus_unlearning` on several corpora: DP-SGD lowers the 100× canary's exposure
+    and costs validation perplexity against its baseline on every one, *and* that cost differs from
+    corpus to corpus by at least ``min_spread`` (relative perplexity, max − min). Inconclusive with
+    fewer than two corpora. Notebook 08."""
+    costs = {title: s.dp["val_perplexity"] / s.baseline["val_perplexity"] - 1 for title, s in summaries.items()}
+    lowers = {title: s.baseline["exposure"] - s.dp["exposure"] for title, s in summaries.items()}
+    if len(summaries) < 2:
+        verdict = INCONCLUSIVE
+    elif all(s.dp_lowers_exposure and s.dp_costs_perplexity for s in summaries.values()):
+        verdict = REPRODUCED if max(costs.values()) - min(costs.values()) >= min_spread else NOT_REPRODUCED
+    else:
+        verdict = NOT_REPRODUCED
+    evidence = "; ".join(f"{t}: {lowers[t]:+.2f} bits lower, val ppl {costs[t]:+.0%}" for t in summaries)
+    return ClaimVerdict("C4", verdict, evidence, {"exposure_lowered": lowers, "perplexity_cost": costs}, {"min_spread": min_spread})

@@ -250,11 +250,13 @@ def _sweep_study(name: str, cfg: MemorizationConfig, method: str, base, grid: di
 
 
 def run_removal_sweep(cfg: MemorizationConfig, seed: int = 0, device=None, grid: dict | None = None, candidates: int = SWEEP_CANDIDATES,
-                  use_cache: bool = True, progress: bool = True) -> tuple[dict, bool]:
+                      use_cache: bool = True, progress: bool = True, structure: str = "kfac") -> tuple[dict, bool]:
     """Fisher Removal over damping × η on notebook 04's request; ``(result, from_cache)``. The
     result holds every row, the original's and the oracle's point, and the :func:`choose_setting`
-    pick. Notebook 04, "The exposure–perplexity trade-off"."""
-    base = FisherRemovalConfig.for_profile(cfg.profile)
+    pick. ``structure``: the Fisher's (``"kfac"``, the default; ``"woodbury"``, the exact empirical
+    Fisher of the sampled windows, the method's own). Notebook 04, "The exposure–perplexity
+    trade-off" and "The paper's Fisher beside K-FAC"."""
+    base = dataclasses.replace(FisherRemovalConfig.for_profile(cfg.profile), structure=structure)
     return _sweep_study("removal_sweep", cfg, "fisher_removal", base, grid or removal_grid(cfg.profile), seed, device, candidates,
                         use_cache, progress)
 
