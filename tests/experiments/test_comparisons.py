@@ -202,6 +202,7 @@ def test_pii_verdicts():
     assert not fr["ok_exposure"] and not fr["ok_auc"] and math.isclose(fr["exposure_gaps"]["phone"], 6.30 - 0.83)
     assert v.within_both == ["retrained", "npo"]
     assert v.summary().splitlines()[1] == (f"{'fisher_removal':30s} exposure vs retrained +5.47, +1.38 bits (OUTSIDE 3) | AUC vs retrained "
-                                           "loss +0.45, zlib +0.05 (OUTSIDE 0.1) | val ppl 12.00 (retrained 11.50)")
+                                           "loss +0.45, zlib +0.05 (OUTSIDE 0.1) | PrivLeak loss +82%, zlib +8% | val ppl 12.00 (retrained 11.50)")
+    assert math.isclose(fr["privleak"]["loss"], (1.0 - 0.55) / 0.55) and v.rows["retrained"]["privleak"] == {"loss": 0.0, "zlib": 0.0}
     assert pii_verdicts(result, tolerance_bits=6.0, tolerance_auc=0.5).within_both == ["retrained", "fisher_removal", "npo"]
     assert v.to_dict()["within_both"] == ["retrained", "npo"]

@@ -41,6 +41,7 @@ from ..privacy.mia import (
 )
 from ..unlearning.api import METHODS, unlearn
 from ..unlearning.base import UnlearningError
+from ..unlearning.verdicts import privleak
 from .benchmark import COLOURS
 from .case_study_data import CaseStudy, CaseStudyConfig, build_case_study
 
@@ -258,7 +259,8 @@ class PIIVerdicts:
             lines.append(f"{model:30s} exposure vs retrained {', '.join(f'{g:+.2f}' for g in r['exposure_gaps'].values())} bits "
                          f"({'within' if r['ok_exposure'] else 'OUTSIDE'} {self.tolerance_bits:g}) | AUC vs retrained "
                          f"{', '.join(f'{a} {g:+.2f}' for a, g in r['auc_gaps'].items())} ({'within' if r['ok_auc'] else 'OUTSIDE'} "
-                         f"{self.tolerance_auc:g}) | val ppl {r['val_perplexity']:.2f} (retrained {self.retrained_perplexity:.2f})")
+                         f"{self.tolerance_auc:g}) | PrivLeak {', '.join(f'{a} {v:+.0%}' for a, v in r['privleak'].items())} "
+                         f"| val ppl {r['val_perplexity']:.2f} (retrained {self.retrained_perplexity:.2f})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -269,7 +271,9 @@ class PIIVerdicts:
 def pii_verdicts(result: dict, tolerance_bits: float = BANDS.exposure_bits, tolerance_auc: float = 0.1) -> PIIVerdicts:
     """Judge every model of :func:`run_case_study`'s personal-data request against the retrained
     model: the subject's first two secrets (phone, account) within ``tolerance_bits`` of its exposure,
-    every membership attack's AUC on the subject's records within ``tolerance_auc`` of its AUC.
+    every membership attack's AUC on the subject's records within ``tolerance_auc`` of its AUC, and
+    each attack's PrivLeak (:func:`~tutorial_lib.unlearning.verdicts.privleak`: relative to the retrained
+    model's AUC; negative: over-forgotten).
     Notebook 09, "The checks"."""
     secrets = _subject_canaries(result)[:2]
     rt = result["pii"]["retrained"]
@@ -279,7 +283,9 @@ def pii_verdicts(result: dict, tolerance_bits: float = BANDS.exposure_bits, tole
             continue
         gaps = {n: r["exposure"][n] - rt["exposure"][n] for n in secrets}
         auc_gaps = {a: r["mia_subject"][a]["auc"] - rt["mia_subject"][a]["auc"] for a in rt["mia_subject"]}
-        rows[model] = {"exposure_gaps": gaps, "auc_gaps": auc_gaps, "ok_exposure": all(abs(g) <= tolerance_bits for g in gaps.values()),
+        leak = {a: privleak(r["mia_subject"][a]["auc"], rt["mia_subject"][a]["auc"]) for a in rt["mia_subject"]}
+        rows[model] = {"exposure_gaps": gaps, "auc_gaps": auc_gaps, "privleak": leak,
+                       "ok_exposure": all(abs(g) <= tolerance_bits for g in gaps.values()),
                        "ok_auc": all(abs(g) <= tolerance_auc for g in auc_gaps.values()), "val_perplexity": r["val_perplexity"]}
     return PIIVerdicts(tolerance_bits, tolerance_auc, rt["val_perplexity"], rows)
 

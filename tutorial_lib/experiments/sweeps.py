@@ -235,15 +235,19 @@ def _sweep_study(name: str, cfg: MemorizationConfig, method: str, base, grid: di
     judge; never passed to the rule) and the :func:`choose_setting` pick. ``run(setup)`` makes the
     rows (default: :func:`sweep_unlearning` over ``grid``)."""
     def compute():
+        start = time.perf_counter()
         setup = unlearning_setup(cfg, seed, device, progress=progress)
         target, controls = setup.target.name, setup.controls
         # the original with the controls (the rule's band), the oracle only to judge; rows: the target alone
         original = setup.evaluate(setup.model, names=[target, *controls], candidates=candidates, progress=progress)
+        tick = time.perf_counter()
         oracle = setup.evaluate(setup.retrained, names=[target], candidates=candidates, progress=progress)
+        judging = time.perf_counter() - tick  # the oracle's evaluation is not part of the rule's cost
         rows = run(setup) if run else sweep_unlearning(setup, method, base, grid, candidates, progress)
         return {"method": method, "target": target, "controls": controls, "candidates": candidates, "base": dataclasses.asdict(base),
                 "grid": grid, "original": original, "oracle": oracle, "rows": rows,
-                "chosen": choose_setting(rows, target, original, controls, prefer=prefer)}
+                "chosen": choose_setting(rows, target, original, controls, prefer=prefer),
+                "seconds": time.perf_counter() - start - judging}  # the whole sweep but the oracle: the rule's cost
 
     key = {"run": cfg.to_dict(), "seed": seed, "method": method, "base": dataclasses.asdict(base), "grid": grid, "candidates": candidates}
     return cached_result(name, key, compute, use_cache=use_cache)
