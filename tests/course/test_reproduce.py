@@ -23,7 +23,8 @@ def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch, tiny_cache
     assert set(data["reports"]) == {"fisher_removal", "fisher_forgetting", "gradient_ascent", "gradient_difference", "npo", "fine_tune"}
     assert data["verdicts"]["retrained oracle"]["verdict"] == "at the retrained model" and data["verdicts"]["original"]["verdict"] == "under-forgotten"
     assert [c["claim"] for c in data["claims"]] == ["C1", "C5", "C5"] and data["claims"][1]["verdict"] == "inconclusive"  # tiny: seconds
-    assert "with the sweep that chose the default" in data["claims"][2]["evidence"] and data["removal_sweep_seconds"] > 0
+    assert "evidence" not in data["claims"][1] and "removal_sweep_seconds" not in data  # wall times stay out of the JSON
+    assert "(with the sweep that chose the default)" in removal
     assert "- C1 " in removal and "forget loss: the secret given the canary's prefix" in removal
     forgotten = {m: r["exposure"][data["target"]] for m, r in data["results"].items()}
     assert forgotten["fisher_removal"] < forgotten["original"] - 3 and forgotten["gradient_ascent"] < forgotten["original"]
