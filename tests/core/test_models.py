@@ -103,3 +103,18 @@ def test_an_encoder_folder_is_refused_as_a_causal_lm(tmp_path, byte_tokenizer):
     byte_tokenizer.save_pretrained(folder)
     with pytest.raises(TypeError, match=r"the model in .*bert: BertLMHeadModel is not causal"):
         load_pretrained(folder)
+
+
+def test_the_causality_probe_catches_every_small_random_encoder_and_passes_decoders():
+    """A tiny random encoder's earlier outputs move by 1e-4 of their scale or less when a later token
+    changes (below a fixed atol); a decoder's do not move at all. The probe compares against the scale."""
+    from transformers import BertConfig, BertLMHeadModel, GPT2Config, GPT2LMHeadModel
+
+    from tutorial_lib.core.models import check_causal_lm
+
+    for seed in range(10):
+        torch.manual_seed(seed)
+        bert = BertLMHeadModel(BertConfig(vocab_size=257, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+        with pytest.raises(TypeError, match="BertLMHeadModel is not causal"):
+            check_causal_lm(bert)
+        check_causal_lm(GPT2LMHeadModel(GPT2Config(vocab_size=257, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)))

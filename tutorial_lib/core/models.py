@@ -141,7 +141,10 @@ def check_causal_lm(model, argument: str = "model") -> None:
         before, after = model(input_ids=ids).logits[0, :-1], model(input_ids=changed).logits[0, :-1]
     finally:
         model.train(was_training)
-    if not torch.allclose(before, after, rtol=1e-4, atol=1e-4, equal_nan=True):
+    # a causal model's earlier outputs do not move at all (the later key weighs exactly 0 after the mask); an
+    # encoder's move by a fraction of their scale, which can be below any fixed atol for a small random model
+    moved = float(torch.nan_to_num(before - after).abs().max())
+    if moved > 1e-5 * float(torch.nan_to_num(before).abs().max()):
         raise TypeError(f"{argument}: {classes[0]} is not causal: its outputs at earlier positions change with a later token "
                         f"(an encoder, or a decoder without its causal mask); {fix}")
     _CAUSAL.add(model)
