@@ -235,11 +235,12 @@ def write_benchmark(result: dict, out: Path) -> list[Path]:
     js = out / "benchmark.json"
     # every number but the run's own wall time (cells are cached: a second run reads the same numbers)
     numbers = {k: v for k, v in result.items() if k != "seconds"}
-    claims = benchmark_claims(result).to_dict()
+    verdicts = benchmark_claims(result)
+    claims = verdicts.to_dict()
     claims["corpora"] = {corpus: {k: None if c is None else _claim_json(c) for k, c in per.items()} for corpus, per in claims["corpora"].items()}
     _write_json(js, {**numbers, "claims": claims})
     md.write_text(benchmark_markdown(result) + "\n## Claims\n\n"
-                  + "\n".join(f"- {line}" for line in benchmark_claims(result).summary().splitlines()) + "\n")
+                  + "\n".join(f"- {line}" for line in verdicts.summary().splitlines()) + "\n")
     use_style()
     return [md, js, _save_figure(benchmark_figure(result), out / "benchmark.png")]
 

@@ -232,6 +232,11 @@ def run_dp_comparison(cfg: DPComparisonConfig, seed: int = 0, device=None, own_s
             "own_scale_unlearning": own_unlearning}
 
 
+def _matched_row(rows: list[dict]) -> dict | None:
+    """The σ = 0 run through the DP pipeline among a study's rows, if it has one."""
+    return next((r for r in rows if r.get("matched")), None)
+
+
 def _by_insertions(study: dict) -> list[tuple[str, int]]:
     return sorted(((c["name"], c["insertions"]) for c in study["canaries"]), key=lambda t: -t[1] if t[1] else 1)
 
@@ -272,7 +277,7 @@ def plot_dp_vs_unlearning(study: dict, unlearning: dict | None = None, ax=None, 
     for r in dp_rows:
         ax.annotate(f"ε={r['target_epsilon']:g}", (r["val_perplexity"], r["exposure"][name]), fontsize="x-small",
                     xytext=(4, 4), textcoords="offset points")
-    matched = next((r for r in rows if r.get("matched")), None)
+    matched = _matched_row(rows)
     if matched is not None:
         ax.plot(matched["val_perplexity"], matched["exposure"][name], "D", mfc="none", mec="C5", ms=8, label="σ = 0, same pipeline")
     if unlearning is None or unlearning["target"] != name:
@@ -359,7 +364,7 @@ def dp_versus_unlearning(study: dict, unlearning: dict, epsilon: float, title: s
                          f"{', '.join(format(r['target_epsilon'], 'g') for r in rows if r['target_epsilon'] is not None)}")
     point = lambda r: {"exposure": r["exposure"][canary], "val_perplexity": r["val_perplexity"]}  # noqa: E731
     u = unlearning["rows"]
-    matched = next((r for r in rows if r.get("matched")), None)
+    matched = _matched_row(rows)
     return DPVersusUnlearning(title or study["corpus"], canary, epsilon, point(rows[0]), None if matched is None else point(matched), point(dp),
                               point(u["retrained"]), point(u["fisher_removal"]))
 
