@@ -91,6 +91,7 @@ from .experiments.case_study_data import CaseStudyConfig, build_case_study
 from .experiments.comparisons import (
     baseline_comparison,
     benchmark_claims,
+    c3_claim,
     forgetting_gentler,
     other_canary_shift,
     sweep_markdown,
@@ -131,6 +132,7 @@ from .experiments.robustness import (
     RobustnessConfig,
     relearning_attack,
     relearning_texts,
+    run_c3_study,
     run_relearning_study,
     run_seed_variation,
     run_sensitivity_study,
@@ -179,7 +181,7 @@ from .unlearning.verdicts import Verdict, forget_quality, judge, judge_rows, pri
 __all__ = [
     "__version__", "forget_quality", "judge", "method_name", "judge_rows", "newton_equivalent_eta", "privleak", "secret_membership_auc", "Verdict", "attack_scores", "BANDS", "baseline_comparison", "benchmark_claims", "benchmark_markdown", "benchmark_selection",
     "BenchmarkConfig", "BlockFisher", "build_case_study", "Canary", "canary_forget_items", "canary_texts",
-    "c4_claim", "canary_trie", "canary_windows", "case_study_attacks", "case_study_markdown", "CaseStudyConfig", "cells_cached", "certified_noise_std",
+    "c3_claim", "c4_claim", "canary_trie", "canary_windows", "case_study_attacks", "case_study_markdown", "CaseStudyConfig", "cells_cached", "certified_noise_std",
     "CheckpointMismatchError", "choose_setting", "control_level", "classifier_outputs", "compute_exposure", "compute_loss",
     "compute_perplexity", "ConvexProblem", "CORPORA", "corpus_path", "cosine", "count_parameters",
     "curvature_matrices", "damping_study", "DataError", "DenseFisher", "DiagonalFisher", "DistributedFisher",
@@ -203,7 +205,7 @@ __all__ = [
     "RelearningConfig", "resolve_device", "resolve_full_profile", "resolve_profile", "retrain_without",
     "RobustnessConfig", "roc_auc", "roc_curve", "run_baseline_sweep", "run_benchmark", "run_case_study",
     "run_dp_comparison", "run_dp_study", "run_forgetting_sweep", "run_memorization", "run_relearning_study",
-    "run_removal_sweep", "run_seed_variation", "run_sensitivity_study", "run_sequential_study", "sample_losses",
+    "run_c3_study", "run_removal_sweep", "run_seed_variation", "run_sensitivity_study", "run_sequential_study", "sample_losses",
     "score_candidates_bruteforce", "score_trie", "select_parameters", "sequential_markdown", "sequential_summary",
     "setup_notebook", "solve_damped", "spectrum", "structure_costs", "structure_costs_markdown", "sweep_markdown", "sweep_point",
     "sweep_unlearning", "time_per_sample_gradients", "tokenize_lines", "tpr_at_fpr", "train_bpe_tokenizer",

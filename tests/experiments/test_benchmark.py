@@ -1,4 +1,5 @@
 """The four-corpus benchmark: config errors, one tiny cell end to end, determinism, the summary and C2."""
+import dataclasses
 import math
 
 import matplotlib
@@ -9,6 +10,7 @@ import pytest  # noqa: E402
 
 from tutorial_lib.core.profiles import PROFILES, model_scale  # noqa: E402
 from tutorial_lib.experiments.benchmark import (
+    WOODBURY_ROW,
     BenchmarkConfig,
     benchmark_cell,
     benchmark_markdown,
@@ -55,11 +57,16 @@ def test_one_tiny_cell_end_to_end_and_deterministic(tiny_cache, monkeypatch):
     assert cells_cached(cfg) and not cells_cached(BenchmarkConfig.for_profile("tiny", corpora=("shakespeare",), seeds=(7,)))
     (cell,) = result["cells"]
     rows = cell["rows"]
-    assert list(rows) == ["original", "retrained", "fisher_removal", "gradient_ascent"]
+    assert list(rows) == ["original", "retrained", "fisher_removal", "gradient_ascent", WOODBURY_ROW]
     assert rows["original"]["forgotten_exposure"] >= 8  # memorised
     assert rows["fisher_removal"]["forgotten_exposure"] <= rows["retrained"]["forgotten_exposure"] + 3
     assert rows["fisher_removal"]["val_perplexity"] <= 1.3 * rows["original"]["val_perplexity"]
     assert 0 < rows["fisher_removal"]["fraction_of_retraining"] and rows["fisher_removal"]["kl_to_retrained"] > 0  # a different model
+    # the method's own Fisher (exact empirical, through Woodbury) forgets too, and is a different update from K-FAC's
+    paper = rows[WOODBURY_ROW]
+    assert paper["forgotten_exposure"] <= rows["retrained"]["forgotten_exposure"] + 3 and paper["val_perplexity"] <= 1.3 * rows["original"]["val_perplexity"]
+    assert paper["update_norm"] != rows["fisher_removal"]["update_norm"]
+    assert not cells_cached(dataclasses.replace(cfg, woodbury=False))  # the row is part of the cell's key
     again, cached = benchmark_cell(cfg, "shakespeare", 0, "cpu")
     fresh, recomputed = benchmark_cell(cfg, "shakespeare", 0, "cpu", use_cache=False)
     assert cached and not recomputed and again == cell
@@ -69,14 +76,14 @@ def test_one_tiny_cell_end_to_end_and_deterministic(tiny_cache, monkeypatch):
     gap = summary["original"]["exposure_gap_to_retrained"]["mean"]
     assert math.isclose(gap, abs(rows["original"]["forgotten_exposure"] - rows["retrained"]["forgotten_exposure"]))
     text = benchmark_markdown(result)
-    assert "## shakespeare" in text and "| Fisher Removal |" in text and "| retrained |" in text and " ± " not in text  # one seed: no ±
+    assert "## shakespeare" in text and "| Fisher Removal |" in text and "| Fisher Removal (Woodbury) |" in text and "| retrained |" in text and " ± " not in text  # one seed: no ±
     assert 0 <= rows["fisher_removal"]["forget_quality"] <= 1 and rows["retrained"]["forget_quality"] == 1.0
     assert rows["retrained"]["privleak"] == 0.0 and rows["original"]["membership_auc"] > 0.99
     verdicts = result["summary"]["shakespeare"]["verdicts"]
     assert verdicts["retrained"]["verdict"] == "at the retrained model" and verdicts["original"]["verdict"] == "under-forgotten"
     assert verdicts["fisher_removal"]["forget_loss"] == "secret" and len(verdicts["fisher_removal"]["per_seed"]) == 1
     axes = plot_benchmark(result)
-    assert axes[0].get_title() == "shakespeare" and len(axes[0].get_legend_handles_labels()[1]) == 4
+    assert axes[0].get_title() == "shakespeare" and len(axes[0].get_legend_handles_labels()[1]) == 5
     plt.close("all")
 
 

@@ -8,6 +8,7 @@ import torch
 
 from tutorial_lib.core.canaries import NAMES, RandomnessSpace, make_canaries
 from tutorial_lib.core.profiles import BANDS, PROFILES, model_scale
+from tutorial_lib.experiments.comparisons import c3_claim
 from tutorial_lib.experiments.recommendations import (
     recommendations,
     recommendations_markdown,
@@ -20,6 +21,7 @@ from tutorial_lib.experiments.robustness import (
     factors_for,
     relearning_attack,
     relearning_texts,
+    run_c3_study,
     run_relearning_study,
     run_sequential_study,
     sequential_summary,
@@ -62,6 +64,10 @@ def test_bad_configs_name_the_value():
         RobustnessConfig(methods=("sgd",))
     with pytest.raises(ValueError, match="n_requests must be >= 1, got 0"):
         RobustnessConfig(n_requests=0)
+    with pytest.raises(ValueError, match="c3_requests must be >= 1, got 0"):
+        RobustnessConfig(c3_requests=0)
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        RobustnessConfig(c3_run_profile="huge")
     with pytest.raises(ValueError, match="unknown unlearning method 'newton'"):
         factors_for("newton")
     assert factors_for("fisher_forgetting")[1] == factors_for("npo")[1] == 1.0  # the default sits in the middle
@@ -195,3 +201,12 @@ def test_sequential_study_at_tiny(tmp_path, monkeypatch):
     assert summary["perplexity_ratio"] < 1.5
     with pytest.raises(ValueError, match="99 requests asked for"):
         run_sequential_study(dataclasses.replace(cfg, n_requests=99), 0, "cpu", progress=False)
+    # C3's study: both Fisher methods on the same (cached) tiny run, the most-inserted canary
+    c3 = run_c3_study(cfg, "cpu", progress=False)
+    assert (c3["run_profile"], c3["n_requests"], c3["seeds"]) == ("tiny", 1, [0])
+    seed0 = c3["per_seed"][0]
+    assert seed0["requests"] == study["requests"][:1] and set(seed0["summary"]) == {"fisher_removal", "fisher_forgetting"}
+    assert seed0["start"]["gap"] > 5  # the most-inserted canaries start well above the controls
+    for summary in seed0["summary"].values():
+        assert summary["forgotten_at_end"] < seed0["start"]["requested"] - 3
+    assert c3_claim(c3).verdict in ("reproduced", "not reproduced", "inconclusive")

@@ -71,6 +71,16 @@ def test_cached_result_computes_once(tmp_path):
     assert len(calls) == 3
 
 
+def test_the_woodbury_default_is_its_sweeps_pick_at_tiny(tiny_cache, monkeypatch):
+    # the Woodbury structure's documented default (the benchmark's Woodbury row) is what its own sweep and
+    # the oracle-free rule pick at tiny; notebook 04 asserts the same at small
+    monkeypatch.setenv("TUTORIAL_CACHE_DIR", str(tiny_cache))
+    result, _ = studies.run_removal_sweep(MemorizationConfig.for_profile("tiny"), 0, "cpu", progress=False, structure="woodbury")
+    paper = FisherRemovalConfig.for_profile("tiny", structure="woodbury")
+    assert result["base"]["structure"] == "woodbury"
+    assert result["chosen"]["params"] == {"damping": paper.damping, "eta": paper.eta}
+
+
 def test_removal_sweep_at_tiny(tiny_cache, monkeypatch, shown_bars):
     from tutorial_lib.core import training
     from tutorial_lib.privacy import trie

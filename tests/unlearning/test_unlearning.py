@@ -287,3 +287,13 @@ def test_newton_equivalent_eta_converts_the_units():
         newton_equivalent_eta(100, 100, 40_000, 127, 6)
     with pytest.raises(ValueError, match="window_targets must be positive"):
         newton_equivalent_eta(1_100, 100, 40_000, 0, 6)
+
+
+def test_the_paper_fisher_has_its_own_step_scale():
+    # structure="woodbury" takes the step scale its own sweep chose; an explicit eta still wins; K-FAC keeps its own
+    for profile in ("tiny", "small", "full"):
+        paper = FisherRemovalConfig.for_profile(profile, structure="woodbury")
+        assert paper.structure == "woodbury" and paper.eta == FisherRemovalConfig.WOODBURY_DEFAULTS[profile]["eta"]
+        assert FisherRemovalConfig.for_profile(profile).eta == FisherRemovalConfig.PROFILE_DEFAULTS[profile]["eta"]
+        assert FisherRemovalConfig.for_profile(profile, structure="woodbury", eta=1e-2).eta == 1e-2
+    assert FisherRemovalConfig.for_profile("small", structure="woodbury").eta != FisherRemovalConfig.for_profile("small").eta

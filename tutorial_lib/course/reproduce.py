@@ -35,7 +35,7 @@ from ..experiments.case_studies import (
     run_case_study,
 )
 from ..experiments.case_study_data import CaseStudyConfig
-from ..experiments.comparisons import benchmark_claims, c1_claim, c5_claim
+from ..experiments.comparisons import benchmark_claims, c1_claim, c3_claim, c5_claim
 from ..experiments.dp_comparison import (
     DPComparisonConfig,
     dp_markdown,
@@ -54,6 +54,7 @@ from ..experiments.recommendations import (
 )
 from ..experiments.robustness import (
     RobustnessConfig,
+    run_c3_study,
     run_relearning_study,
     run_seed_variation,
     run_sensitivity_study,
@@ -323,8 +324,23 @@ def robustness_experiment(profile: str, seed: int = 0, device=None) -> dict:
     sequential = run_sequential_study(cfg, seed, device)[0]
     sensitivity = run_sensitivity_study(cfg, seed, device)[0]
     seeds = run_seed_variation(cfg, device)
+    c3 = run_c3_study(cfg, device)
     return {"config": cfg.to_dict(), "relearning": relearning, "sequential": sequential, "sensitivity": sensitivity,
-            "seeds": seeds, "recommendations": recommendations(relearning, sequential, sensitivity, seeds)}
+            "seeds": seeds, "recommendations": recommendations(relearning, sequential, sensitivity, seeds),
+            "c3": {**c3, "claim": asdict(c3_claim(c3))}}
+
+
+def c3_markdown(c3: dict) -> str:
+    """C3 over seeds (:func:`~tutorial_lib.experiments.robustness.run_c3_study`): a row per seed and method, then the claim."""
+    lines = [f"## C3: {c3['n_requests']} sequential requests on the {c3['run_profile']}-scale model, seeds {c3['seeds']}", "",
+             "| seed | method | requested canaries before (bits) | controls (bits) | forgotten at end (bits) | val ppl before | after | ratio |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for seed, d in c3["per_seed"].items():
+        for method, m in d["summary"].items():
+            lines.append(f"| {seed} | {method} | {d['start']['requested']:.2f} | {d['start']['controls']:.2f} | {m['forgotten_at_end']:.2f} | "
+                         f"{m['val_perplexity_before']:.3f} | {m['val_perplexity_after']:.3f} | {m['perplexity_ratio']:.2f} |")
+    claim = c3["claim"]
+    return "\n".join(lines + ["", f"- {claim['claim']} {claim['verdict']}: {claim['evidence']}"])
 
 
 def write_robustness(result: dict, out: Path) -> list[Path]:
@@ -339,7 +355,7 @@ def write_robustness(result: dict, out: Path) -> list[Path]:
     md.write_text(f"# Robustness and relearning (notebook 10)\n\n{cfg['run_profile']}-scale models on {cfg['corpus']}; every method "
                   f"at its {cfg['run_profile']} default. Exposure in bits, exact.\n\n## Relearning attack\n\n"
                   + relearning_markdown(result["relearning"]) + f"\n\n## {cfg['n_requests']} sequential requests\n\n"
-                  + sequential_markdown(result["sequential"]) + "\n\n## Recommendations\n\n"
+                  + sequential_markdown(result["sequential"]) + "\n\n" + c3_markdown(result["c3"]) + "\n\n## Recommendations\n\n"
                   + recommendations_markdown(result["recommendations"]) + "\n")
     js = out / "robustness.json"
     _write_json(js, result)

@@ -6,7 +6,7 @@ next-token predictions to the oracle, and wall time against retraining. Each (co
 cached as a JSON result; :func:`summarise` gives mean ± std over seeds.
 
 Scale: the CPU benchmark (``small``) trains the ``tiny`` profile's models (2 × 64 GPT-2, the first
-60 kB of each corpus, 4-digit secrets) so that 4 corpora × 3 seeds × (2 trainings + 6 methods) fit in
+60 kB of each corpus, 4-digit secrets) so that 4 corpora × 3 seeds × (2 trainings + 7 unlearning runs) fit in
 well under 30 minutes on 2 cores; the methods use their ``tiny`` defaults, chosen by the same sweeps
 as notebooks 04–06. ``full`` runs the ``small`` profile's models per corpus (notebooks 03–06's scale).
 """
@@ -38,18 +38,24 @@ from .sweeps import baseline_grid, trace_sweep, unlearning_setup
 BENCHMARK_METHODS = ("fisher_removal", "fisher_forgetting", "gradient_ascent", "gradient_difference", "npo", "fine_tune")
 
 
-MODELS = ("original", "retrained") + BENCHMARK_METHODS
+#: the row of Fisher Removal with the method's own Fisher: the damped empirical Fisher of the m sampled
+#: windows' per-sample gradients, inverted exactly through Woodbury (``structure="woodbury"``)
+WOODBURY_ROW = "fisher_removal_woodbury"
+
+MODELS = ("original", "retrained") + BENCHMARK_METHODS + (WOODBURY_ROW,)
 
 
 COLOURS = {"original": "black", "retrained": "green", "fisher_removal": "C0", "fisher_forgetting": "C9", "gradient_ascent": "C3",
-           "gradient_difference": "C1", "npo": "C4", "fine_tune": "C2"}
+           "gradient_difference": "C1", "npo": "C4", "fine_tune": "C2", WOODBURY_ROW: "C5"}
 
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
     """Which corpora, seeds and methods; ``run_profile`` is the profile of each run's
     :class:`~tutorial_lib.experiments.memorization.MemorizationConfig` and of the methods' defaults;
-    ``ga_sweep`` adds, for the first seed, gradient ascent over learning rate × steps (claim C2)."""
+    ``ga_sweep`` adds, for the first seed, gradient ascent over learning rate × steps (claim C2);
+    ``woodbury`` adds Fisher Removal with the exact empirical Fisher (row ``fisher_removal_woodbury``,
+    at that structure's own default) beside the K-FAC default."""
 
     profile: str = "small"
     corpora: tuple[str, ...] = tuple(CORPORA)
@@ -57,6 +63,7 @@ class BenchmarkConfig:
     methods: tuple[str, ...] = BENCHMARK_METHODS
     run_profile: str = "tiny"
     ga_sweep: bool = True
+    woodbury: bool = True
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": {"corpora": ("shakespeare", "bible"), "seeds": (0,)}, "small": {}, "full": {}}
 
@@ -112,7 +119,7 @@ def cell_key(cfg: BenchmarkConfig, corpus: str, seed: int) -> dict:
     """What identifies the cached cell (``corpus``, ``seed``) of ``cfg``: two configurations with equal
     keys share the cell."""
     return {"benchmark": cfg.run_profile, "run": cfg.run_config(corpus).to_dict(), "seed": seed, "methods": list(cfg.methods),
-            "ga_sweep": cfg.ga_sweep and seed == cfg.seeds[0]}
+            "ga_sweep": cfg.ga_sweep and seed == cfg.seeds[0], "woodbury": cfg.woodbury}
 
 
 def cells_cached(cfg: BenchmarkConfig) -> bool:
@@ -137,11 +144,14 @@ def benchmark_cell(cfg: BenchmarkConfig, corpus: str, seed: int, device=None, us
         rows = {"original": _row(setup.evaluate(setup.model, names=names, progress=progress), setup, target, retrained),
                 "retrained": _row(retrained, setup, target, retrained)}
         rows["retrained"]["seconds"] = setup.retrain_seconds
-        for method in tqdm(cfg.methods, desc=f"benchmark cell ({corpus}, seed {seed})", **progress_options(progress)):
+        runs = [(m, m, METHODS[m].config.for_profile(cfg.run_profile)) for m in cfg.methods]
+        if cfg.woodbury:
+            runs.append((WOODBURY_ROW, "fisher_removal", METHODS["fisher_removal"].config.for_profile(cfg.run_profile, structure="woodbury")))
+        for row, method, config in tqdm(runs, desc=f"benchmark cell ({corpus}, seed {seed})", **progress_options(progress)):
             start = time.perf_counter()
-            unlearned, report = setup.unlearn(method, METHODS[method].config.for_profile(cfg.run_profile), progress=progress)
+            unlearned, report = setup.unlearn(method, config, progress=progress)
             seconds = time.perf_counter() - start
-            rows[method] = {**_row(setup.evaluate(unlearned, names=names, progress=progress), setup, target, retrained), "seconds": seconds,
+            rows[row] = {**_row(setup.evaluate(unlearned, names=names, progress=progress), setup, target, retrained), "seconds": seconds,
                             "fraction_of_retraining": seconds / setup.retrain_seconds, "update_norm": report.update_norm}
         out = {"corpus": corpus, "seed": seed, "target": target, "canaries": [c.to_dict() for c in setup.canaries], "rows": rows}
         if cfg.ga_sweep and seed == cfg.seeds[0]:
@@ -246,7 +256,8 @@ def _pm(stat: dict | None, digits: int = 2) -> str:
 
 
 _NAMES = {"original": "original", "retrained": "retrained", "fisher_removal": "Fisher Removal", "fisher_forgetting": "Fisher Forgetting",
-          "gradient_ascent": "gradient ascent", "gradient_difference": "gradient difference", "npo": "NPO", "fine_tune": "fine-tuning"}
+          "gradient_ascent": "gradient ascent", "gradient_difference": "gradient difference", "npo": "NPO", "fine_tune": "fine-tuning",
+          WOODBURY_ROW: "Fisher Removal (Woodbury)"}
 
 
 def method_name(model: str) -> str:

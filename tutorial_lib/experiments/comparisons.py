@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .benchmark import WOODBURY_ROW, method_name
 
 
 def _word(ok: bool | None) -> str:
@@ -165,15 +166,17 @@ class ClaimVerdict:
 
 @dataclass
 class CorpusClaims:
-    """C1, C2 (``None`` without a gradient-ascent sweep) and C5 on one corpus of the benchmark."""
+    """C1, C2 (``None`` without a gradient-ascent sweep) and C5 on one corpus of the benchmark, and C1
+    again with the method's own Fisher (``c1_woodbury``; ``None`` when the benchmark ran without it)."""
 
     corpus: str
     c1: ClaimVerdict
     c2: ClaimVerdict | None
     c5: ClaimVerdict
+    c1_woodbury: ClaimVerdict | None = None
 
     def summary(self) -> str:
-        return "\n".join([f"{self.corpus}:"] + [f"  {c.summary()}" for c in (self.c1, self.c2, self.c5) if c is not None])
+        return "\n".join([f"{self.corpus}:"] + [f"  {c.summary()}" for c in (self.c1, self.c1_woodbury, self.c2, self.c5) if c is not None])
 
 
 @dataclass
@@ -186,7 +189,7 @@ class BenchmarkClaims:
     corpora: dict[str, CorpusClaims] = field(default_factory=dict)
 
     def count(self, claim: str, verdict: str = REPRODUCED) -> int:
-        """On how many corpora ``claim`` (``"c1"``, ``"c2"`` or ``"c5"``) has ``verdict``."""
+        """On how many corpora ``claim`` (``"c1"``, ``"c1_woodbury"``, ``"c2"`` or ``"c5"``) has ``verdict``."""
         return sum(getattr(c, claim) is not None and getattr(c, claim).verdict == verdict for c in self.corpora.values())
 
     def summary(self) -> str:
@@ -194,25 +197,26 @@ class BenchmarkClaims:
 
     def to_dict(self) -> dict:
         return {"bands": self.bands, "max_fraction": self.max_fraction, "min_retrain_seconds": self.min_retrain_seconds,
-                "corpora": {name: {k: None if getattr(c, k) is None else asdict(getattr(c, k)) for k in ("c1", "c2", "c5")}
+                "corpora": {name: {k: None if getattr(c, k) is None else asdict(getattr(c, k)) for k in ("c1", "c1_woodbury", "c2", "c5")}
                             for name, c in self.corpora.items()}}
 
 
-def c1_claim(fisher_removal: dict, original: dict) -> ClaimVerdict:
+def c1_claim(fisher_removal: dict, original: dict, claim: str = "C1", label: str = "Fisher Removal") -> ClaimVerdict:
     """C1 from the two-sided verdicts (:meth:`~tutorial_lib.unlearning.verdicts.Verdict.to_dict`) of
     Fisher Removal and of the original model against the retrained one: reproduced when Fisher Removal
     is at the retrained model, inconclusive when the original itself is not under-forgotten (nothing to
-    forget), else not reproduced."""
+    forget), else not reproduced. ``claim`` and ``label`` name the claim and the method in the evidence
+    (C1 with the Woodbury Fisher: ``"C1 (Woodbury)"``, ``"Fisher Removal (Woodbury)"``)."""
     v = fisher_removal["values"]
     if original["verdict"] != "under-forgotten":
         verdict = INCONCLUSIVE
     else:
         verdict = REPRODUCED if fisher_removal["verdict"] == "at the retrained model" else NOT_REPRODUCED
     kl = "" if v.get("kl") is None else f", KL {v['kl']:.4f} vs the original's {v['original_kl']:.4f}"
-    evidence = (f"Fisher Removal {fisher_removal['verdict']}: {v['exposure']:.2f} bits vs retrained {v['retrained_exposure']:.2f} (original "
+    evidence = (f"{label} {fisher_removal['verdict']}: {v['exposure']:.2f} bits vs retrained {v['retrained_exposure']:.2f} (original "
                 f"{original['values']['exposure']:.2f}), val ppl {v['perplexity'] / v['retrained_perplexity'] - 1:+.0%} against the "
                 f"retrained model's{kl}")
-    return ClaimVerdict("C1", verdict, evidence, v, fisher_removal["bands"], fisher_removal["forget_loss"])
+    return ClaimVerdict(claim, verdict, evidence, v, fisher_removal["bands"], fisher_removal["forget_loss"])
 
 
 def c5_claim(seconds: float, retrain_seconds: float, max_fraction: float = 0.1, min_retrain_seconds: float = 60.0,
@@ -231,7 +235,8 @@ def benchmark_claims(result: dict, max_fraction: float = 0.1, min_retrain_second
     """C1, C2 and C5 for every corpus of :func:`~tutorial_lib.experiments.benchmark.run_benchmark`'s
     ``result`` (means over its seeds), each reproduced, not reproduced or inconclusive:
 
-    - C1: Fisher Removal's default is "at the retrained model" by the two-sided verdict
+    - C1: Fisher Removal's default is "at the retrained model" by the two-sided verdict; judged again
+      for the Woodbury row (the method's own Fisher) when the benchmark ran it (``c1_woodbury``)
       (:func:`~tutorial_lib.unlearning.verdicts.judge`: exposure within the band above *or* below,
       perplexity and KL within theirs); inconclusive when the original itself is within the exposure
       band (nothing to forget).
@@ -262,7 +267,9 @@ def benchmark_claims(result: dict, max_fraction: float = 0.1, min_retrain_second
                                fr["bands"], fr["forget_loss"])
         c5v = c5_claim(m["fisher_removal"]["seconds"]["mean"], m["retrained"]["seconds"]["mean"], max_fraction, min_retrain_seconds,
                        fr["forget_loss"])
-        claims.corpora[corpus] = CorpusClaims(corpus, c1v, c2v, c5v)
+        woodbury = verdicts.get(WOODBURY_ROW)
+        c1w = None if woodbury is None else c1_claim(woodbury, original, "C1 (Woodbury)", method_name(WOODBURY_ROW))
+        claims.corpora[corpus] = CorpusClaims(corpus, c1v, c2v, c5v, c1w)
     return claims
 
 
@@ -340,3 +347,25 @@ def forgetting_gentler(summary: dict, tolerance_bits: float = 0.5) -> GentlerVer
         raise ValueError(f"the sequential summary lacks {', '.join(sorted(missing))}")
     fr, ff = summary["fisher_removal"], summary["fisher_forgetting"]
     return GentlerVerdict(fr["val_perplexity_after"], ff["val_perplexity_after"], fr["forgotten_at_end"], ff["forgotten_at_end"], tolerance_bits)
+
+
+def c3_claim(study: dict, tolerance_bits: float = 0.5, min_gap_bits: float = 8.0) -> ClaimVerdict:
+    """C3 over seeds from :func:`~tutorial_lib.experiments.robustness.run_c3_study`: on each seed,
+    :func:`forgetting_gentler` (Fisher Forgetting ends at a lower perplexity than Fisher Removal, its
+    forgotten canaries at most ``tolerance_bits`` higher). Reproduced when it holds on every seed, not
+    reproduced when on none, inconclusive when the seeds disagree or when the requested canaries
+    started under ``min_gap_bits`` above the controls on some seed (nothing much to forget)."""
+    seeds = study["per_seed"]
+    verdicts = {seed: forgetting_gentler(d["summary"], tolerance_bits) for seed, d in seeds.items()}
+    gaps = {seed: d["start"]["gap"] for seed, d in seeds.items()}
+    held = sum(v.holds for v in verdicts.values())
+    if min(gaps.values()) < min_gap_bits:
+        verdict = INCONCLUSIVE
+    else:
+        verdict = REPRODUCED if held == len(verdicts) else NOT_REPRODUCED if held == 0 else INCONCLUSIVE
+    per_seed = "; ".join(f"seed {seed}: val ppl {v.forgetting_perplexity:.3f} (Forgetting) vs {v.removal_perplexity:.3f} (Removal), "
+                         f"{v.forgetting_bits:.2f} vs {v.removal_bits:.2f} bits" for seed, v in verdicts.items())
+    evidence = (f"{study['n_requests']} requests on the {study['run_profile']}-scale model; holds on {held} of {len(verdicts)} seeds "
+                f"({per_seed}); requested canaries started {min(gaps.values()):.1f}-{max(gaps.values()):.1f} bits above the controls")
+    values = {"per_seed": {seed: v.to_dict() for seed, v in verdicts.items()}, "start_gap_bits": gaps, "held": held}
+    return ClaimVerdict("C3", verdict, evidence, values, {"tolerance_bits": tolerance_bits, "min_gap_bits": min_gap_bits})

@@ -115,10 +115,12 @@ class RobustnessConfig:
     n_requests: int = 10
     sequential_methods: tuple[str, ...] = ("fisher_removal", "fisher_forgetting", "gradient_difference", "npo")
     seeds: tuple[int, ...] = (0, 1, 2)
+    c3_run_profile: str = "small"
+    c3_requests: int = 4
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
         "tiny": {"methods": ("fisher_removal", "gradient_ascent"), "sequential_methods": ("fisher_removal",), "n_requests": 3,
-                 "per_insertion": 1, "seeds": (0,)},
+                 "per_insertion": 1, "seeds": (0,), "c3_run_profile": "tiny", "c3_requests": 1},
         "small": {},
         "full": {},
     }
@@ -127,8 +129,10 @@ class RobustnessConfig:
         for name in set(self.methods) | set(self.sequential_methods):
             if name not in METHODS:
                 raise ValueError(f"unknown unlearning method {name!r}; expected one of {', '.join(METHODS)}")
-        if self.n_requests < 1:
-            raise ValueError(f"n_requests must be >= 1, got {self.n_requests}")
+        for name in ("n_requests", "c3_requests"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}: the number of sequential deletion requests")
+        resolve_profile(self.c3_run_profile)
         if not self.seeds:
             raise ValueError("the sensitivity study needs at least one seed")
 
@@ -149,6 +153,13 @@ class RobustnessConfig:
         """The many-canary run of the sequential study: ``per_insertion`` canaries per count, 4-digit secrets."""
         return MemorizationConfig.for_profile(self.run_profile, corpus=self.corpus, per_insertion=self.per_insertion,
                                               secret_length=4, track_exposure=False)
+
+    def c3_config(self) -> "RobustnessConfig":
+        """The sequential study behind C3 (:func:`run_c3_study`): the two Fisher methods serving
+        ``c3_requests`` requests on the ``c3_run_profile``-scale model (``small`` at every profile but
+        ``tiny``), most-inserted canaries first."""
+        return dataclasses.replace(self, run_profile=self.c3_run_profile, n_requests=self.c3_requests,
+                                   sequential_methods=("fisher_removal", "fisher_forgetting"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -306,6 +317,29 @@ def run_sequential_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_
     key = {"run": run_cfg.to_dict(), "seed": seed, "n_requests": cfg.n_requests, "methods": list(cfg.sequential_methods),
            "defaults": {m: dataclasses.asdict(_defaults(m, run_cfg.profile)) for m in cfg.sequential_methods}}
     return cached_result("sequential_requests", key, compute, use_cache=use_cache, modules=MODULES)
+
+
+def run_c3_study(cfg: RobustnessConfig, device=None, use_cache: bool = True, progress: bool = True) -> dict:
+    """C3's evidence: the sequential study of :meth:`RobustnessConfig.c3_config` (Fisher Removal and
+    Fisher Forgetting at their defaults, on the ``c3_run_profile``-scale model) on every seed of
+    ``cfg.seeds``. Per seed: :func:`sequential_summary` and where the requested canaries started
+    (:func:`request_start`). Each seed's study is cached on its own. Notebook 05, "C3 over seeds"."""
+    c3 = cfg.c3_config()
+    per_seed = {}
+    for seed in tqdm(c3.seeds, desc="C3 seeds", **progress_options(progress)):
+        study = run_sequential_study(c3, seed=seed, device=device, use_cache=use_cache, progress=progress)[0]
+        per_seed[seed] = {"summary": sequential_summary(study), "start": request_start(study), "requests": study["requests"]}
+    return {"run_profile": c3.run_profile, "n_requests": c3.n_requests, "seeds": list(c3.seeds), "per_seed": per_seed}
+
+
+def request_start(study: dict) -> dict:
+    """Before the first request of a sequential ``study``: the mean exact exposure of the requested
+    canaries, of the never-inserted controls, and the gap between them (bits)."""
+    before = next(iter(study["cycles"].values()))[0]["exposure"]
+    controls = [c["name"] for c in study["canaries"] if c["insertions"] == 0]
+    requested = float(np.mean([before[n] for n in study["requests"]]))
+    control = float(np.mean([before[n] for n in controls]))
+    return {"requested": requested, "controls": control, "gap": requested - control}
 
 
 def sequential_summary(study: dict) -> dict:

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from ..core.profiles import config_for_profile
+from ..core.profiles import config_for_profile, resolve_profile
 from ..curvature.fisher import make_fisher
 from ..curvature.kfac import KFACFisher
 from ..curvature.per_sample import ParameterSpace, gradient_matrix, per_sample_gradients
@@ -63,6 +63,9 @@ class FisherRemovalConfig(_FisherStepConfig):
     new weights; ``max_update_norm`` refuses larger updates."""
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": {"eta": 5e-4}, "small": {"eta": 5e-3}, "full": {"eta": 5e-3}}
+    #: the step scale chosen for the exact empirical Fisher (``structure="woodbury"``) by notebook 04's
+    #: Woodbury sweep and its oracle-free rule; used by :meth:`for_profile` when that structure is asked for
+    WOODBURY_DEFAULTS: ClassVar[dict[str, dict]] = {"tiny": {"eta": 5e-4}, "small": {"eta": 2.5e-3}, "full": {"eta": 2.5e-3}}
 
     def __post_init__(self):
         _check_common(self)
@@ -72,8 +75,11 @@ class FisherRemovalConfig(_FisherStepConfig):
     def for_profile(cls, profile: str | None = None, **overrides) -> "FisherRemovalConfig":
         """Defaults chosen from notebook 04's sweep: the step scale η/(n−k) comes out at about 2e-7
         at both ``tiny`` (n ≈ 2,100 lines, η = 5e-4) and ``small`` (n ≈ 35,000, η = 5e-3)
-        (``PROFILE_DEFAULTS``), then ``overrides``."""
-        return config_for_profile(cls, profile, overrides)
+        (``PROFILE_DEFAULTS``), then ``overrides``. With ``structure="woodbury"`` (the damped
+        empirical Fisher of the m sampled windows, inverted exactly: the method's own) the step
+        scale is that structure's own pick (``WOODBURY_DEFAULTS``) unless ``eta`` is given too."""
+        computed = cls.WOODBURY_DEFAULTS[resolve_profile(profile)] if overrides.get("structure") == "woodbury" else {}
+        return config_for_profile(cls, profile, overrides, **computed)
 
 
 @dataclass(frozen=True)
