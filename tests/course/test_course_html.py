@@ -42,7 +42,7 @@ PAGE_STATE = """(async () => {
   return JSON.stringify({
     title: document.title,
     text: document.body ? document.body.innerText : '',
-    images: [...document.images].map(i => ({complete: i.complete, width: i.naturalWidth, src: i.src.slice(0, 40)})),
+    images: [...document.images].map(i => ({complete: i.complete, width: i.naturalWidth, src: i.src.slice(0, 40), alt: i.alt})),
     links: [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href')),
   });
 })()"""
@@ -310,6 +310,8 @@ def test_page_shows_its_executed_notebook(course_site, name):
     assert not broken, f"{html_name}: {len(broken)} image(s) did not load: {broken}"
     assert len(got["images"]) == page.n_images, (f"{html_name}: {len(got['images'])} <img> on the page, "
                                                  f"{page.n_images} image outputs in the executed notebook")
+    untitled = [i["alt"] for i in got["images"] if not i["alt"].startswith("Figure: ")]
+    assert not untitled, f"{html_name}: {len(untitled)} figure(s) without a title: {untitled}"
     local = [h for h in got["links"] if not h.startswith(("#", "data:", "http:", "https:", "mailto:"))]
     missing = [h for h in local if not (out / h.split("#")[0]).is_file()]
     assert not missing, f"{html_name}: links to missing files {missing}"
@@ -364,6 +366,25 @@ def test_kernel_widgets_and_failing_cell(tmp_path):
     assert len(got["images"]) == 2 and all(i["complete"] and i["width"] > 0 for i in got["images"])
     assert "Environment check" in got["text"] and "profile tiny" in got["text"]
     assert not shown["index.html"]["problems"] and "00_env.html" in shown["index.html"]["links"]
+
+
+def test_figures_inline_with_their_titles_whatever_the_backend(tmp_path):
+    """setup_notebook draws inline even when matplotlib was set to Agg, and each figure's text (the
+    page's image description) names its titles, or says it has none."""
+    new_md, new_code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    _write(tmp_path, "00_titles.ipynb", [
+        new_md("# Titles"),
+        new_code("import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nimport tutorial_lib as tl\n"
+                 "setup = tl.setup_notebook(quiet=True)"),
+        new_code("fig, (a, b) = plt.subplots(1, 2)\na.set_title('left panel')\nfig.suptitle('two panels')\nplt.show()"),
+        new_code("plt.plot([0, 1]);"),
+    ])
+    (page,) = render_html(tmp_path / "site", "tiny", directory=tmp_path, timeout=300, log=lambda _: None)
+    texts = [o["data"]["text/plain"] for c in page.notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert texts == ["Figure: two panels | left panel", "Figure without a title (1 panel)"]
+    got = open_pages(tmp_path / "site", ["00_titles.html"])["00_titles.html"]
+    assert not got["problems"], _problems("00_titles.html", got)
+    assert [i["alt"] for i in got["images"]] == texts
 
 
 def test_browser_check_catches_failures(tmp_path):

@@ -107,7 +107,7 @@ def _robustness():
                                                                    "gradient_ascent": 2.0}.items()}
     end = {"forgotten_at_end": 0.2, "val_perplexity_before": 10.0, "val_perplexity_after": 12.0, "perplexity_ratio": 1.2}
     c3 = {"run_profile": "tiny", "n_requests": 2, "seeds": [0],
-          "per_seed": {"0": {"start": {"requested": 11.0, "controls": 1.0, "gap": 10.0}, "summary": {"fisher_removal": end, "fisher_forgetting": end}}},
+          "per_seed": {0: {"start": {"requested": 11.0, "controls": 1.0, "gap": 10.0}, "summary": {"fisher_removal": end, "fisher_forgetting": end}}},
           "claim": {"claim": "C3", "verdict": "not reproduced", "evidence": "seed 0: no gentler"}}
     return {"config": {"run_profile": "tiny", "corpus": "shakespeare", "n_requests": 2}, "relearning": relearning, "sequential": sequential,
             "sensitivity": sensitivity, "seeds": seeds, "c3": c3, "recommendations": recommendations(relearning, sequential, sensitivity, seeds)}
@@ -165,5 +165,5 @@ def test_unlearning_and_robustness_writers_write_a_figure_per_table(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "seconds" not in (tmp_path / "unlearning_methods.json").read_text()
     assert json.loads((tmp_path / "robustness.json").read_text())["seeds"]["fisher_removal"]["gap_mean"] == 0.5
-    assert "| 0 | fisher_removal | 11.00 | 1.00 | 0.20 | 10.000 | 12.000 | 1.20 |" in (tmp_path / "robustness.md").read_text()
+    assert "| 0 | Fisher Removal | 11.00 | 1.00 | 0.20 | 10.000 | 12.000 | 1.20 |" in (tmp_path / "robustness.md").read_text()
     assert "- C3 not reproduced: seed 0: no gentler" in (tmp_path / "robustness.md").read_text()

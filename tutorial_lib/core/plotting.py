@@ -16,12 +16,34 @@ def use_style() -> None:
     sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
 
 
+def figure_titles(fig) -> list[str]:
+    """The titles a figure shows: its suptitle, then each panel's (left, centre, right), non-empty."""
+    titles = [fig.get_suptitle()] if fig.get_suptitle() else []
+    for ax in fig.axes:
+        titles += [t for loc in ("left", "center", "right") if (t := ax.get_title(loc))]
+    return titles
+
+
+def figure_description(fig) -> str:
+    """One line that says what a figure shows: ``"Figure: <titles>"``, or ``"Figure without a title"``.
+    The notebooks' kernels print it as a figure's text (:func:`~tutorial_lib.course.notebook.setup_notebook`)
+    and the course's pages use it as the image's description."""
+    titles = figure_titles(fig)
+    return "Figure: " + " | ".join(titles) if titles else f"Figure without a title ({len(fig.axes)} panel{'s' * (len(fig.axes) != 1)})"
+
+
 def _axes(ax):
     if ax is None:
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(5, 3.5))
     return ax
+
+
+def _title(ax, text: str) -> None:
+    """Give ``ax`` the default ``text`` as title unless the caller already set one."""
+    if not ax.get_title():
+        ax.set_title(text)
 
 
 def _label(k: int) -> str:
@@ -48,6 +70,7 @@ def plot_exposure_vs_insertions(result, ax=None):
     ax.set_ylabel("exposure (bits)")
     ax.set_ylim(-0.5, result.max_bits + 1.5)
     ax.legend(loc="upper left", fontsize="small")
+    _title(ax, "Exact exposure against insertions")
     return ax
 
 
@@ -67,6 +90,7 @@ def plot_exposure_trajectory(result, ax=None):
     ax.set_xlabel("training step")
     ax.set_ylabel("exposure (bits)")
     ax.legend(loc="lower right", fontsize="x-small")
+    _title(ax, "Exposure over training")
     return ax
 
 
@@ -85,6 +109,7 @@ def plot_exact_vs_estimate(result, ax=None):
     ax.set_xlabel("exact exposure (bits)")
     ax.set_ylabel("skew-normal estimate (bits)")
     ax.legend(fontsize="small")
+    _title(ax, "Skew-normal estimate against exact exposure")
     return ax
 
 
@@ -99,6 +124,7 @@ def plot_training_curve(history: dict, ax=None, smooth: int = 25):
     ax.set_xlabel("training step")
     ax.set_ylabel("loss (nats / token)")
     ax.legend(fontsize="small")
+    _title(ax, "Training and validation loss")
     return ax
 
 
@@ -119,6 +145,7 @@ def plot_candidate_distribution(scores_bits, secret_index: int, estimate=None, a
     ax.set_xlabel("log-perplexity of the filled canary (bits)")
     ax.set_ylabel("density")
     ax.legend(fontsize="small")
+    _title(ax, "Log-perplexity of every candidate secret")
     return ax
 
 
@@ -136,6 +163,7 @@ def plot_tradeoff(sweep: dict, ax=None, group: str | None = None, max_ppl_increa
     never-inserted controls that the oracle-free rule aims at (shaded) and the sweep's pick (ringed); ``references=False`` draws the points only (for a second sweep on the same axes).
     Notebooks 04 to 06."""
     ax = _axes(ax)
+    _title(ax, f"{label or sweep['method'].replace('_', ' ')}: exposure against perplexity")
     target = sweep["target"]
     rows = [r for r in sweep["rows"] if "error" not in r]
     groups = sorted({r["params"][group] for r in rows}) if group else [None]
@@ -145,7 +173,7 @@ def plot_tradeoff(sweep: dict, ax=None, group: str | None = None, max_ppl_increa
         ax.plot([r["val_perplexity"] for r in part], [r["exposure"][target] for r in part], marker, ms=4, color=color or f"C{i}",
                 label=name if group is None else f"{name}, {group} {_fmt(g)}")
         for r in part if annotate else []:
-            text = ", ".join(_fmt(v) for k, v in r["params"].items() if k != group)
+            text = ", ".join(f"{k} {_fmt(v)}" for k, v in r["params"].items() if k != group)
             ax.annotate(text, (r["val_perplexity"], r["exposure"][target]), fontsize="xx-small", xytext=(3, 3), textcoords="offset points")
     original, oracle, chosen = sweep["original"], sweep["oracle"], sweep.get("chosen")
     if not references:

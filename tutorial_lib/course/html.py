@@ -58,6 +58,11 @@ _PAGE_TEMPLATE = r"""{%- extends 'index.html.j2' -%}
 .course-widget-note { color: var(--jp-ui-font-color2, #616161); font-style: italic; margin: 0.25em 0; }
 </style>
 {%- endblock extra_css -%}
+{% block data_png scoped %}
+<div class="jp-RenderedImage jp-OutputArea-output {{ extra_class }}">
+<img src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}" alt="{{ output.data.get('text/plain', '') | escape_html }}">
+</div>
+{%- endblock data_png %}
 """
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .._version import __version__
-from ..core.plotting import use_style
+from ..core.plotting import figure_description, use_style
 from ..core.cache import cache_root
 from ..core.profiles import profile_reason, resolve_device, resolve_profile
 
@@ -50,11 +50,32 @@ def library_versions() -> dict:
 
 
 def setup_notebook(profile: str | None = None, seed: int = 0, device: str | None = None, quiet: bool = False) -> NotebookSetup:
-    """Resolve profile and device, set the plot style, print what was chosen. Notebook 00, "Setup"."""
+    """Resolve profile and device, set the plot style, draw figures inline (:func:`show_figures_inline`),
+    print what was chosen. Notebook 00, "Setup"."""
 
     setup = NotebookSetup(resolve_profile(profile), resolve_device(device), seed, library_versions(), profile_reason(profile),
                           str(cache_root()))
     use_style()
+    show_figures_inline()
     if not quiet:
         print(setup.summary())
     return setup
+
+
+def show_figures_inline() -> bool:
+    """In a Jupyter kernel: draw figures inline whatever ``MPLBACKEND`` says (a non-interactive backend
+    would drop every figure from the executed notebook), and give each figure's output the text of
+    :func:`~tutorial_lib.core.plotting.figure_description` (its titles) instead of ``<Figure size …>``.
+    Returns whether it ran in a kernel; elsewhere (a script, a terminal) it changes nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return False
+    from matplotlib.figure import Figure
+
+    shell.run_line_magic("matplotlib", "inline")
+    shell.display_formatter.formatters["text/plain"].for_type(Figure, lambda fig, p, cycle: p.text(figure_description(fig)))
+    return True

@@ -26,6 +26,7 @@ from ..experiments.benchmark import (
     COLOURS,
     BenchmarkConfig,
     benchmark_markdown,
+    method_name,
     plot_benchmark,
     run_benchmark,
 )
@@ -288,8 +289,8 @@ def write_case_studies(result: dict, cfg: dict, out: Path) -> list[Path]:
     return [md, js, _save_figure(case_studies_figure(result), out / "case_studies.png")]
 
 
-def _is_wall_time(key: str) -> bool:
-    return key == "seconds" or key.endswith("_seconds") or key == "fraction_of_retraining"
+def _is_wall_time(key) -> bool:
+    return isinstance(key, str) and (key == "seconds" or key.endswith("_seconds") or key == "fraction_of_retraining")
 
 
 def _without_wall_times(value):
@@ -337,7 +338,7 @@ def c3_markdown(c3: dict) -> str:
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for seed, d in c3["per_seed"].items():
         for method, m in d["summary"].items():
-            lines.append(f"| {seed} | {method} | {d['start']['requested']:.2f} | {d['start']['controls']:.2f} | {m['forgotten_at_end']:.2f} | "
+            lines.append(f"| {seed} | {method_name(method)} | {d['start']['requested']:.2f} | {d['start']['controls']:.2f} | {m['forgotten_at_end']:.2f} | "
                          f"{m['val_perplexity_before']:.3f} | {m['val_perplexity_after']:.3f} | {m['perplexity_ratio']:.2f} |")
     claim = c3["claim"]
     return "\n".join(lines + ["", f"- {claim['claim']} {claim['verdict']}: {claim['evidence']}"])

@@ -8,23 +8,33 @@ L(θ) = (1/m) Σ_i ℓ_i(θ):
 - For float targets (``regression_outputs``) the row loss is ½‖f − y‖² and the GGN uses the
   identity as output Hessian.
 - GGN  = (1/m) Σ_i Σ_rows w_r J_rᵀ (diag p_r − p_r p_rᵀ) J_r, with J_r the Jacobian of row r's logits
-  and w_r = 1/(rows of example i). For softmax cross-entropy this is also the exact true Fisher.
+  and w_r = 1/T_i for the T_i rows (predictions) of example i, since ℓ_i is their mean.
 - true Fisher (Monte Carlo): (1/m) Σ_i g̃_i g̃_iᵀ with g̃_i the gradient of ℓ_i at labels sampled
-  from the model. Its expectation is the GGN rescaled per example (see notebook 02).
+  from the model. For softmax cross-entropy its expectation is (1/m) Σ_i GGN_i / T_i: the Fisher equals
+  the GGN of the *summed* negative log-likelihood of an example, and the mean ℓ_i = sum / T_i scales
+  the GGN by 1/T_i but the outer product g̃ g̃ᵀ by 1/T_i². With one prediction per example
+  (a classifier) the two are equal.
 - empirical Fisher: (1/m) Σ_i g_i g_iᵀ at the observed labels.
+- K-FAC against all this: :func:`kfac_dense_check` forms the library's Kronecker-factored matrix
+  densely and compares its products and its distance to the empirical Fisher.
 
-Notebook 02 compares their spectra and Newton directions.
+Notebook 02 compares their spectra and Newton directions ("Four curvature matrices", "A tiny GPT-2")
+and checks K-FAC ("K-FAC: the curvature Fisher Removal uses by default").
 """
 from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 from torch.func import functional_call, hessian, jvp, vmap
 
+from .kfac import KFACFisher
+from .memory import check_memory
 from .outputs import Outputs, lm_outputs, sample_losses
-from .per_sample import ParameterSpace, per_sample_gradients, select_parameters
+from .per_sample import ParameterSpace, gradient_matrix, per_sample_gradients, select_parameters
 
 
 def _forward_mode():
@@ -228,3 +238,101 @@ def preconditioned_descent(model, batch, curvature: str, steps: int, lr: float =
         space.add_(work, -lr * step)
         path.append(space.get(work))
     return torch.stack(path), torch.tensor(losses)
+
+
+@dataclass(frozen=True)
+class KFACCheckResult:
+    """What :func:`kfac_dense_check` measured. ``errors`` maps ``"matvec"`` and ``"p=<p>"`` to the relative
+    error of the library's product against the dense matrix; ``layers`` holds one row per K-FAC layer
+    (``layer``, ``d_in``, ``d_out``, ``bias``, ``parameters``, ``dense_block`` and ``kfac``: the numbers a
+    dense block and the two factors hold). The distances compare the undamped K-FAC matrix K with the
+    exact empirical Fisher F̂ of the same examples: ``fisher_distance`` = ‖K − F̂‖_F / ‖F̂‖_F,
+    ``within_blocks`` the same inside K-FAC's pattern (its layer blocks and the diagonal of the other
+    coordinates), ``dropped_share`` = ‖F̂ outside the pattern‖_F / ‖F̂‖_F, and ``direction_cosine`` =
+    cos∠((K + λI)⁻¹ ḡ, (F̂ + λI)⁻¹ ḡ) for ḡ the mean gradient."""
+
+    dim: int
+    covered: int
+    m: int
+    damping: float
+    mean_eigenvalue: float
+    layers: tuple
+    errors: dict
+    fisher_distance: float
+    within_blocks: float
+    dropped_share: float
+    direction_cosine: float
+
+    def summary(self) -> str:
+        lines = [f"d = {self.dim} ({self.covered} in {len(self.layers)} K-FAC layers, {self.dim - self.covered} on the damped diagonal), "
+                 f"m = {self.m} examples, damping {self.damping:g} (mean eigenvalue of F: {self.mean_eigenvalue:.1e})",
+                 "library product vs the dense matrix, relative error: " + ", ".join(f"{k} {v:.1e}" for k, v in self.errors.items())]
+        for row in self.layers:
+            lines.append(f"  {row['layer']:30s} {row['d_out']:3d} x {row['d_in']:3d}{' + bias' if row['bias'] else ''}: "
+                         f"{row['parameters']:7,} weights, dense block {row['dense_block']:12,} numbers, K-FAC factors {row['kfac']:7,}")
+        lines.append(f"K-FAC vs the exact empirical Fisher: relative distance {self.fisher_distance:.2f} (inside K-FAC's blocks "
+                     f"{self.within_blocks:.2f}; share of F outside them {self.dropped_share:.2f}); "
+                     f"cos(K-FAC direction, exact direction) {self.direction_cosine:.3f}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def kfac_dense_check(model, batches, params=None, damping: float = 1e-3, powers=(-1.0, -0.5, -0.25), seed: int = 0,
+                     outputs_fn=lm_outputs, n_vectors: int = 4) -> KFACCheckResult:
+    """Check :class:`~tutorial_lib.curvature.kfac.KFACFisher` against the matrix it stands for, formed
+    densely (tiny models only, float64): for each K-FAC layer, kron(S, A) of the library's own factors
+    over the row-major (out × in[+1]) weight-and-bias gradient, placed at that layer's coordinates;
+    the mean squared per-sample gradient on the diagonal of every other coordinate; plus λI. The
+    library's ``matvec``, ``inverse_product`` (p = −1) and ``power_product`` for the other ``powers``
+    are compared on ``n_vectors`` random vectors (drawn from ``seed``) with the dense products
+    (``torch.linalg.solve``; eigh-based powers), and K is compared with the exact empirical Fisher
+    of the same examples. Notebook 02, "K-FAC: the curvature Fisher Removal uses by default"."""
+
+    batches = list(batches)
+    space = _space(model, params)
+    p0 = space.parameters(model)[0]
+    check_memory("dense K-FAC check", 8 * space.dim * space.dim * p0.element_size(), None, p0.device)
+    K = KFACFisher.from_model(model, batches, space, damping, outputs_fn)
+    G, _ = gradient_matrix(model, batches, space, outputs_fn=outputs_fn)
+    F = G.T @ G / len(G)
+    index = space.unflatten(torch.arange(space.dim, device=G.device))
+    kfac = torch.zeros_like(F)
+    pattern = torch.zeros(F.shape, dtype=torch.bool, device=G.device)
+    covered = torch.zeros(space.dim, dtype=torch.bool, device=G.device)
+    rows = []
+    for name in K.layers:
+        prefix = f"{name}." if name else ""  # "" when the model is the layer itself
+        W = index[prefix + "weight"]
+        W = W if isinstance(model.get_submodule(name), nn.Linear) else W.T  # GPT-2's Conv1D stores (in, out)
+        bias = prefix + "bias" in index
+        if bias:
+            W = torch.cat([W, index[prefix + "bias"][:, None]], dim=1)
+        at = W.reshape(-1)  # the flat coordinates of the row-major (out × in[+1]) gradient
+        S, A = K.kronecker_factors(name)
+        kfac[at[:, None], at[None, :]] = torch.kron(S, A)
+        pattern[at[:, None], at[None, :]] = True
+        covered[at] = True
+        rows.append(dict(layer=name, d_in=W.shape[1] - bias, d_out=W.shape[0], bias=bias, parameters=W.numel(),
+                         dense_block=W.numel() ** 2, kfac=S.numel() + A.numel()))
+    rest = (~covered).nonzero().squeeze(1)
+    kfac[rest, rest] = F.diagonal()[rest]
+    pattern[rest, rest] = True
+    eye = torch.eye(space.dim, dtype=F.dtype, device=F.device)
+    dense = kfac + damping * eye
+    V = torch.randn(n_vectors, space.dim, generator=torch.Generator().manual_seed(seed), dtype=F.dtype).to(F.device)
+    relative = lambda a, b: float((a - b).norm() / b.norm())
+    errors = {"matvec": relative(K.matvec(V), V @ dense)}
+    w, Q = torch.linalg.eigh(dense) if any(p != -1 for p in powers) else (None, None)
+    for p in powers:
+        if p == -1:
+            errors["p=-1"] = relative(K.inverse_product(V), torch.linalg.solve(dense, V.T).T)
+        else:
+            errors[f"p={p:g}"] = relative(K.power_product(V, p), ((V @ Q) * w.pow(p)) @ Q.T)
+    g = G.mean(0)
+    return KFACCheckResult(
+        dim=space.dim, covered=int(covered.sum()), m=len(G), damping=float(damping), mean_eigenvalue=float(F.trace()) / space.dim,
+        layers=tuple(rows), errors=errors, fisher_distance=relative(kfac, F),
+        within_blocks=float(((kfac - F) * pattern).norm() / (F * pattern).norm()), dropped_share=float((F * ~pattern).norm() / F.norm()),
+        direction_cosine=cosine(K.inverse_product(g), torch.linalg.solve(F + damping * eye, g)))

@@ -300,10 +300,13 @@ def plot_case_study(result: dict, axes=None):
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(15, 4))
     phone = _subject_canaries(result)[0]
-    panels = [("pii", lambda r: r["exposure"][phone], f"exposure of {phone} (bits)"),
-              ("pii", lambda r: max(v["auc"] for v in r["mia_subject"].values()), "best membership-inference AUC"),
-              ("verbatim", lambda r: r["passage_perplexity"], "perplexity of the passage")]
-    for ax, (scenario, value, label) in zip(axes, panels):
+    panels = [("pii", lambda r: r["exposure"][phone], f"exposure of {phone} (bits)", "Personal data: the phone number"),
+              ("pii", lambda r: max(v["auc"] for v in r["mia_subject"].values()), "best membership-inference AUC",
+               "Personal data: membership inference"),
+              ("verbatim", lambda r: r["passage_perplexity"], "perplexity of the passage", "Verbatim passage")]
+    for ax, (scenario, value, label, title) in zip(axes, panels):
+        if not ax.get_title():
+            ax.set_title(title)
         for model, r in result[scenario].items():
             if "error" in r:
                 continue

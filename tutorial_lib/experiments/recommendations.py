@@ -177,6 +177,9 @@ def plot_sensitivity(sensitivity: dict, axes=None):
                     label=f"+{100 * BANDS.perplexity_increase:.0f} % of the original")
     for ax, label in zip(axes, ("exposure of the forgotten canary (bits)", "validation perplexity")):
         ax.set(xscale="log", xlabel="factor on the main hyperparameter (1 = default)", ylabel=label)
+    for ax, title in zip(axes, ("Sensitivity: forgotten canary's exposure", "Sensitivity: validation perplexity")):
+        if not ax.get_title():
+            ax.set_title(title)
     axes[1].set_yscale("log")
     axes[0].legend(fontsize="x-small")
     return axes
