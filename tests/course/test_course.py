@@ -164,8 +164,10 @@ def test_html_without_execution_is_offline(tmp_path, capsys):
     assert main(["html", "--out", str(out), "--no-execute", "--notebooks", "00", "01"]) == 0
     printed = capsys.readouterr().out
     assert f"to {out}" in printed and re.search(r"in \d+\.\d s", printed)
-    assert sorted(p.name for p in out.iterdir()) == ["00_welcome_and_setup.html", "01_newton_updates_and_influence.html", "index.html"]
+    assert sorted(p.name for p in out.iterdir()) == ["00_welcome_and_setup.html", "01_newton_updates_and_influence.html", "glossary.html",
+                                                     "index.html"]
     page = (out / "00_welcome_and_setup.html").read_text()
+    assert 'href="glossary.html"' in page and 'href="../docs/glossary.md"' not in page  # the glossary's page, not its source
     assert "<title>00 · Welcome" in page and "<script" not in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page loads something from outside"
     assert 'href="01_newton_updates_and_influence.html"' in page and 'href="01_newton_updates_and_influence.ipynb"' not in page

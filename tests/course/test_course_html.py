@@ -281,7 +281,7 @@ def course_site(tmp_path_factory):
         pages = render_html(out, profile, log=lambda line: print(line, flush=True))
     rendered = time.perf_counter() - start
     start = time.perf_counter()
-    shown = open_pages(out, [p.path.name for p in pages] + ["index.html"])
+    shown = open_pages(out, [p.path.name for p in pages] + ["index.html", "glossary.html"])
     print(f"rendered {len(pages)} notebooks at profile {profile!r} in {rendered:.0f} s; "
           f"opened {len(shown)} pages in Chromium in {time.perf_counter() - start:.1f} s")
     return out, {p.name: p for p in pages}, shown
@@ -325,7 +325,18 @@ def test_index_lists_every_page(course_site):
     for page in pages.values():
         assert page.path.name in got["links"], f"index.html: no link to {page.path.name}"
         assert page.title in text, f"index.html: the title {page.title!r} of {page.path.name} is not listed"
-    assert sorted(p.name for p in out.glob("*.html")) == sorted([p.path.name for p in pages.values()] + ["index.html"])
+    assert sorted(p.name for p in out.glob("*.html")) == sorted([p.path.name for p in pages.values()] + ["index.html", "glossary.html"])
+    assert "glossary.html" in got["links"]
+
+
+def test_the_glossary_has_its_page(course_site):
+    """Every notebook links the glossary; on the pages that link leads to the rendered glossary."""
+    out, pages, shown = course_site
+    got = shown["glossary.html"]
+    assert not got["problems"], _problems("glossary.html", got)
+    text = _plain(got["text"])
+    assert text.startswith("The course Glossary") and "Fisher Removal" in text and "PrivLeak" in text
+    assert all("glossary.html" in shown[p.path.name]["links"] for p in pages.values())
 
 
 # ---------------------------------------------------------------- small notebooks, known content

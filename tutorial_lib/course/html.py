@@ -7,7 +7,8 @@ title. The pages are self-contained and work offline: figures are embedded as ``
 style sheets are inlined, and the template's scripts that load from a CDN (MathJax, require.js,
 Mermaid, the widget manager) are left out. So formulas show as their TeX source, and widgets are
 static: an ``interact`` shows the output of its first call under a note that the controls need a
-running notebook (:func:`static_widgets`). Links to other rendered notebooks point to their pages. A
+running notebook (:func:`static_widgets`). Links to other rendered notebooks point to their pages, and
+links to the course glossary (``docs/glossary.md``) to its page, ``glossary.html``, listed on the index. A
 failing or timed-out cell raises :class:`~tutorial_lib.course.student.CourseError` naming the notebook
 and the cell.
 
@@ -213,8 +214,15 @@ def static_widgets(nb):
     return nb
 
 
-def _link_pages(nb, names: set[str]):
-    """Point markdown links to rendered notebooks at their pages."""
+GLOSSARY = Path(__file__).resolve().parents[2] / "docs" / "glossary.md"
+
+
+_GLOSSARY_LINK = re.compile(r"(\]\(\s*<?)[^)\s#>]*docs/glossary\.md(?=[)#>\s])")
+
+
+def _link_pages(nb, names: set[str], glossary: bool = False):
+    """Point markdown links to rendered notebooks at their pages (and, with ``glossary``, links to
+    ``docs/glossary.md`` at ``glossary.html``)."""
     pattern = re.compile(r"(\]\(\s*<?)([^)\s#>]+)\.ipynb(?=[)#>\s])")
 
     def repl(m):
@@ -223,7 +231,37 @@ def _link_pages(nb, names: set[str]):
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             cell.source = pattern.sub(repl, cell.source)
+            if glossary:
+                cell.source = _GLOSSARY_LINK.sub(lambda m: f"{m.group(1)}glossary.html", cell.source)
     return nb
+
+
+_PLAIN_STYLE = """<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<link rel="icon" href="data:,">
+<style>
+body { font-family: system-ui, sans-serif; max-width: 48em; margin: 2em auto; padding: 0 1em; line-height: 1.5; }
+li { margin: 0.4em 0; }
+.file { color: #666; font-family: monospace; font-size: 0.9em; margin-left: 0.5em; }
+</style>"""
+
+
+def _glossary_html(markdown: str) -> str:
+    """The glossary page: ``docs/glossary.md`` rendered by nbconvert's markdown filter (formulas as TeX)."""
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<title>Glossary</title>
+{_PLAIN_STYLE}
+</head>
+<body>
+<p><a href="index.html">The course</a></p>
+{markdown2html_mistune(markdown)}
+</body>
+</html>
+"""
 
 
 def _exporter():
@@ -234,25 +272,20 @@ def _exporter():
                         template_file="course_page.html.j2", embed_images=True)
 
 
-def _index_html(pages: list[Page], note: str) -> str:
+def _index_html(pages: list[Page], note: str, glossary: bool = False) -> str:
     items = "\n".join(f'<li><a href="{html_lib.escape(p.path.name)}">{html_lib.escape(p.title)}</a> '
                       f'<span class="file">{html_lib.escape(p.name)}</span></li>' for p in pages)
+    extra = '<p>Every symbol and term: <a href="glossary.html">the glossary</a>.</p>' if glossary else ""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1.0">
 <title>Second-order machine unlearning for language models: the course</title>
-<link rel="icon" href="data:,">
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 48em; margin: 2em auto; padding: 0 1em; line-height: 1.5; }}
-li {{ margin: 0.4em 0; }}
-.file {{ color: #666; font-family: monospace; font-size: 0.9em; margin-left: 0.5em; }}
-</style>
+{_PLAIN_STYLE}
 </head>
 <body>
 <h1>Second-order machine unlearning for language models</h1>
 <p>{html_lib.escape(note)}</p>
+{extra}
 <ol>
 {items}
 </ol>
@@ -273,6 +306,9 @@ def render_html(out, profile: str | None = None, names=None, execute: bool = Tru
     profile = resolve_profile(profile)
     exporter = _exporter()
     rendered = {p.stem for p in sources}
+    glossary = GLOSSARY.is_file()
+    if glossary:
+        (target / "glossary.html").write_text(_glossary_html(GLOSSARY.read_text(encoding="utf-8")), encoding="utf-8")
     pages = []
     for path in sources:
         start = time.perf_counter()
@@ -280,7 +316,7 @@ def render_html(out, profile: str | None = None, names=None, execute: bool = Tru
         title = notebook_title(nb, path.stem)
         if execute:
             nb = execute_notebook(nb, path.name, path.parent, profile, timeout)
-        nb = _link_pages(static_widgets(nb), rendered)
+        nb = _link_pages(static_widgets(nb), rendered, glossary)
         nb.metadata["title"] = title
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem, "path": str(path.parent)}})
         dest = target / f"{path.stem}.html"
@@ -294,5 +330,5 @@ def render_html(out, profile: str | None = None, names=None, execute: bool = Tru
         note = "Rendered from notebooks executed beforehand."
     else:
         note = "Not executed: the notebooks as committed, without outputs."
-    (target / "index.html").write_text(_index_html(pages, note), encoding="utf-8")
+    (target / "index.html").write_text(_index_html(pages, note, glossary), encoding="utf-8")
     return pages
