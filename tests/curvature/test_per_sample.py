@@ -137,3 +137,54 @@ def test_make_lm_batch_and_gradient_matrix(gpt2, byte_tokenizer):
     assert G.shape == (4, space.dim) and torch.equal(G[:2], G[2:])
     with pytest.raises(ValueError, match="at least two tokens"):
         make_lm_batch(byte_tokenizer, ["a"], max_length=8)
+
+
+def _family(name: str, vocab: int = 64):
+    """A two-layer float64 causal LM of another family: Llama and Qwen2 (RMS norms, rotary positions,
+    4 query heads over 2 key/value heads, Qwen2 with biased projections) or GPT-NeoX (LayerNorm, fused QKV)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=64)
+    if name == "gpt_neox":
+        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**common)).double().eval()
+    config_cls, model_cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM)}[name]
+    return model_cls(config_cls(**common, num_key_value_heads=2)).double().eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt_neox"])
+def test_other_families_match_the_loop(family):
+    model = _family(family)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 64, (3, 12), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    space = select_parameters(model)
+    norms = [n for n in space.names if "norm" in n]
+    assert norms, "the family's norms are among the parameters"
+    ref = space.unflatten(per_sample_gradients(model, batch, space, "loop"))
+    got = space.unflatten(per_sample_gradients(model, batch, space, "hooks"))
+    for name in space.names:
+        scale = ref[name].norm()
+        assert scale > 0, name
+        assert float((got[name] - ref[name]).norm() / scale) < 1e-10, name
+
+
+def test_rms_norms_and_a_changed_forward():
+    # torch's own RMSNorm inside a small classifier: the hooks match the loop
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.RMSNorm(7, eps=1e-6), nn.Tanh(), nn.Linear(7, 3)).double()
+    batch = (torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 2, 1, 1]))
+    ref = per_sample_gradients(model, batch, method="loop", outputs_fn=classifier_outputs)
+    got = per_sample_gradients(model, batch, outputs_fn=classifier_outputs)
+    assert float((got - ref).norm() / ref.norm()) < 1e-12
+
+    class ScaledEmbedding(nn.Embedding):  # as in Gemma: the forward scales the rows, which the hooks would miss
+        def forward(self, ids):
+            return super().forward(ids) * 3.0
+
+    scaled = nn.Sequential(ScaledEmbedding(10, 4), nn.Flatten(), nn.Linear(8, 3)).double()
+    with pytest.raises(NotImplementedError, match="do not support ScaledEmbedding"):
+        per_sample_gradients(scaled, (torch.tensor([[1, 2], [3, 4]]), torch.tensor([0, 2])), outputs_fn=classifier_outputs)

@@ -297,3 +297,30 @@ def test_the_paper_fisher_has_its_own_step_scale():
         assert FisherRemovalConfig.for_profile(profile).eta == FisherRemovalConfig.PROFILE_DEFAULTS[profile]["eta"]
         assert FisherRemovalConfig.for_profile(profile, structure="woodbury", eta=1e-2).eta == 1e-2
     assert FisherRemovalConfig.for_profile("small", structure="woodbury").eta != FisherRemovalConfig.for_profile("small").eta
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt_neox"])
+def test_unlearn_defaults_run_on_other_families(byte_tokenizer, family):
+    """tl.unlearn at its defaults (K-FAC, every parameter) on a tiny Llama, Qwen2 and GPT-NeoX: a finite
+    update that raises the forgotten items' loss, and the model passed in left as it was."""
+    import transformers as tf
+
+    from tutorial_lib.unlearning.api import METHODS
+    from tutorial_lib.unlearning.evaluation import forget_item_losses
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(byte_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=128)
+    model = {"llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**common, num_key_value_heads=2)),
+             "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**common, num_key_value_heads=2)),
+             "gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**common))}[family]().eval()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss_before = forget_item_losses(model, byte_tokenizer, FORGET, 16).mean()
+    for method in ("fisher_removal", "fisher_forgetting"):
+        config = replace(METHODS[method].config.for_profile("tiny"), n_fisher=8, block_size=16)
+        assert config.structure == "kfac" and config.params is None  # the defaults
+        new, report = unlearn(model, byte_tokenizer, FORGET, RETAIN, method, config, n_train=100)
+        assert math.isfinite(report.update_norm) and report.update_norm > 0
+        assert any("norm" in name for name in report.updated)  # the RMS norms (LayerNorms for NeoX) are updated too
+        assert forget_item_losses(new, byte_tokenizer, FORGET, 16).mean() > loss_before, method
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

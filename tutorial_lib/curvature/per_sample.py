@@ -150,16 +150,32 @@ class _Record(NamedTuple):
 
 
 def module_kind(module: nn.Module) -> str:
-    """``linear`` | ``conv1d`` | ``embedding`` | ``layernorm`` | ``other`` (what the hooks can handle)."""
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, _conv1d_type()):
-        return "conv1d"
-    if isinstance(module, nn.Embedding):
-        return "embedding"
-    if isinstance(module, nn.LayerNorm):
-        return "layernorm"
+    """``linear`` | ``conv1d`` | ``embedding`` | ``layernorm`` | ``rmsnorm`` | ``other`` (what the hooks
+    can handle). ``rmsnorm``: torch's ``nn.RMSNorm`` and the Hugging Face RMS norms (Llama, Qwen2,
+    Mistral, Gemma...: a class named ``*RMSNorm`` whose only parameter is a 1-D ``weight``, each output
+    an affine function of it)."""
+    for base, kind in ((nn.Linear, "linear"), (_conv1d_type(), "conv1d"), (nn.Embedding, "embedding"), (nn.LayerNorm, "layernorm")):
+        if isinstance(module, base):
+            # a subclass that changes the forward (Gemma's scaled embedding) is not what the hooks assume
+            return kind if type(module).forward is base.forward else "other"
+    if isinstance(module, nn.RMSNorm) or _is_hf_rmsnorm(module):
+        return "rmsnorm"
     return "other"
+
+
+def _is_hf_rmsnorm(module: nn.Module) -> bool:
+    params = dict(module.named_parameters(recurse=False))
+    return type(module).__name__.endswith("RMSNorm") and list(params) == ["weight"] and params["weight"].dim() == 1
+
+
+def _weight_slope(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """∂ output / ∂ weight, per element, of a module whose output is affine in its ``weight`` (an RMS
+    norm: w ⊙ x̂, or (1 + w) ⊙ x̂ in Gemma): the module's own forward at w = 1 minus at w = 0, so the
+    normalisation is computed exactly as the model computes it (dtype casts included)."""
+    w = mod.weight
+    ones, zeros = torch.ones_like(w), torch.zeros_like(w)
+    with torch.no_grad():
+        return torch.func.functional_call(mod, {"weight": ones}, (x,)) - torch.func.functional_call(mod, {"weight": zeros}, (x,))
 
 
 def owning_modules(model: nn.Module, space: ParameterSpace) -> list[tuple[str, nn.Module, dict[str, str]]]:
@@ -223,6 +239,8 @@ def _write(kind: str, rec: _Record, gout: torch.Tensor, local: str, out: torch.T
         value = g
     elif kind == "layernorm":
         value = g * nn.functional.layer_norm(x, mod.normalized_shape, eps=mod.eps).reshape(g.shape)
+    elif kind == "rmsnorm":
+        value = g * _weight_slope(mod, x).reshape(g.shape).to(g.dtype)
     elif kind == "embedding":
         if first:
             out.zero_()
