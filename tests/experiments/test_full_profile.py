@@ -10,7 +10,7 @@ import torch
 from tutorial_lib.core.models import ModelConfig, count_parameters, make_model
 from tutorial_lib.curvature.memory import estimate_memory
 from tutorial_lib.curvature.outputs import make_lm_batch
-from tutorial_lib.curvature.per_sample import per_sample_gradients
+from tutorial_lib.curvature.per_sample import per_sample_gradients, select_parameters
 from tutorial_lib.experiments.full_profile import (
     FINE_TUNE,
     FullProfileError,
@@ -225,12 +225,10 @@ def test_llama_style_blocks_are_found_on_the_meta_device():
     subset = choose_fisher_subset(model, 3, "kfac", 8, one)
     patterns, space, need = subset.patterns, subset.space, subset.need
     assert patterns == ("model.layers.2.mlp",) and space.dim == 3 * 32 * 64 and need == one
-    # RMSNorm has no per-sample gradient by hooks: with room for everything, the MLPs are chosen
+    # the RMS norms have per-sample gradients by hooks too: with room for everything, every parameter is chosen
     subset = choose_fisher_subset(model, 3, "kfac", 8, 2**40)
-    patterns, space = subset.patterns, subset.space
-    assert patterns == tuple(f"model.layers.{i}.mlp" for i in range(3)) and space.dim == 3 * 3 * 32 * 64
-    with pytest.raises(FullProfileError, match="per-sample gradients of model.layers.0.input_layernorm"):
-        choose_fisher_subset(model, 3, "kfac", 8, 2**40, fisher_params="all")
+    assert subset.patterns is None and subset.space.dim == sum(p.numel() for p in model.parameters())
+    assert choose_fisher_subset(model, 3, "kfac", 8, 2**40, fisher_params="all").space.dim == subset.space.dim
 
 
 def test_save_random_model_gives_a_folder_the_profile_resolves(tmp_path):
@@ -326,3 +324,18 @@ def test_the_check_runs_on_cuda(folder):
     result = check_full_profile(replace(plan, removal=replace(plan.removal, n_fisher=16)))
     assert result["finite"] and result["weights_float32"] and result["peak_memory_bytes"] > 0
     assert tuple(result["updated"]) == plan.fisher_tensors
+
+
+def test_a_module_without_hooks_is_named_before_the_fisher_is_built():
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from tutorial_lib.experiments.full_profile_checks import unsupported_modules
+
+    config = GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, head_dim=8, max_position_embeddings=32)
+    with torch.device("meta"):
+        model = GemmaForCausalLM(config)  # its embedding scales its rows in its own forward
+    assert unsupported_modules(model, select_parameters(model)) == ["model.embed_tokens"]
+    with pytest.raises(FullProfileError, match="model.embed_tokens"):
+        choose_fisher_subset(model, 2, "kfac", 8, 2**40, fisher_params="all")
+    assert choose_fisher_subset(model, 2, "kfac", 8, 2**40).patterns == ("model.layers.0.mlp", "model.layers.1.mlp")

@@ -79,8 +79,9 @@ def kfac_layer_shapes(model, space) -> list[tuple[int, int]]:
 
 def unsupported_modules(model, space) -> list[str]:
     """Names of the modules holding a parameter of ``space`` whose per-sample gradients the library
-    cannot compute by hooks (neither ``Linear``, ``Conv1D``, ``Embedding`` nor ``LayerNorm``: an
-    RMSNorm, for instance); a Fisher over such a subset raises ``NotImplementedError``."""
+    cannot compute by hooks (none of ``Linear``, ``Conv1D``, ``Embedding``, ``LayerNorm`` or an RMS norm,
+    or one of those with a changed forward, like Gemma's scaled embedding); a Fisher over such a subset
+    raises ``NotImplementedError``."""
 
     return [name or type(mod).__name__ for name, mod, _ in owning_modules(model, space) if module_kind(mod) == "other"]
 
