@@ -46,3 +46,19 @@ def shown_bars(monkeypatch):
         return out
 
     return show
+
+
+def tiny_causal_lm(family: str, vocab: int, max_positions: int = 64):
+    """A two-layer causal LM of another family, in eval mode: Llama and Qwen2 (RMS norms,
+    rotary positions, 4 query heads over 2 key/value heads, Qwen2 with biased projections) or GPT-NeoX
+    (LayerNorm, fused QKV). Seeded; the caller picks the dtype."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=max_positions)
+    if family == "gpt_neox":
+        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**common)).eval()
+    config_cls, model_cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM)}[family]
+    return model_cls(config_cls(**common, num_key_value_heads=2)).eval()

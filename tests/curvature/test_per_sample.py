@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_causal_lm
 from tutorial_lib.core.models import ModelConfig, make_model
 from tutorial_lib.curvature.outputs import (
     classifier_outputs,
@@ -139,23 +140,9 @@ def test_make_lm_batch_and_gradient_matrix(gpt2, byte_tokenizer):
         make_lm_batch(byte_tokenizer, ["a"], max_length=8)
 
 
-def _family(name: str, vocab: int = 64):
-    """A two-layer float64 causal LM of another family: Llama and Qwen2 (RMS norms, rotary positions,
-    4 query heads over 2 key/value heads, Qwen2 with biased projections) or GPT-NeoX (LayerNorm, fused QKV)."""
-    import transformers as tf
-
-    torch.manual_seed(0)
-    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=64)
-    if name == "gpt_neox":
-        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**common)).double().eval()
-    config_cls, model_cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM)}[name]
-    return model_cls(config_cls(**common, num_key_value_heads=2)).double().eval()
-
-
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt_neox"])
 def test_other_families_match_the_loop(family):
-    model = _family(family)
+    model = tiny_causal_lm(family, 64).double()
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 64, (3, 12), generator=gen)
     mask = torch.ones_like(ids)

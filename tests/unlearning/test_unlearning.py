@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from conftest import tiny_causal_lm
 from tutorial_lib.core.models import ModelConfig, make_model
 from tutorial_lib.core.tokenization import train_bpe_tokenizer
 from tutorial_lib.curvature.fisher import make_fisher
@@ -303,17 +304,10 @@ def test_the_paper_fisher_has_its_own_step_scale():
 def test_unlearn_defaults_run_on_other_families(byte_tokenizer, family):
     """tl.unlearn at its defaults (K-FAC, every parameter) on a tiny Llama, Qwen2 and GPT-NeoX: a finite
     update that raises the forgotten items' loss, and the model passed in left as it was."""
-    import transformers as tf
-
     from tutorial_lib.unlearning.api import METHODS
     from tutorial_lib.unlearning.evaluation import forget_item_losses
 
-    torch.manual_seed(0)
-    common = dict(vocab_size=len(byte_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=128)
-    model = {"llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**common, num_key_value_heads=2)),
-             "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**common, num_key_value_heads=2)),
-             "gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**common))}[family]().eval()
+    model = tiny_causal_lm(family, len(byte_tokenizer), max_positions=128)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     loss_before = forget_item_losses(model, byte_tokenizer, FORGET, 16).mean()
     for method in ("fisher_removal", "fisher_forgetting"):

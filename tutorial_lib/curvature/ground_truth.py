@@ -28,7 +28,6 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 from torch.func import functional_call, hessian, jvp, vmap
 
 from .kfac import KFACFisher
@@ -305,8 +304,8 @@ def kfac_dense_check(model, batches, params=None, damping: float = 1e-3, powers=
     for name in K.layers:
         prefix = f"{name}." if name else ""  # "" when the model is the layer itself
         W = index[prefix + "weight"]
-        W = W if isinstance(model.get_submodule(name), nn.Linear) else W.T  # GPT-2's Conv1D stores (in, out)
-        bias = prefix + "bias" in index
+        W = W if K.layers[name]["kind"] == "linear" else W.T  # GPT-2's Conv1D stores (in, out)
+        bias = K.layers[name]["bias"]
         if bias:
             W = torch.cat([W, index[prefix + "bias"][:, None]], dim=1)
         at = W.reshape(-1)  # the flat coordinates of the row-major (out × in[+1]) gradient
