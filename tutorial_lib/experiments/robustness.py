@@ -102,9 +102,10 @@ class RelearningConfig:
 @dataclass(frozen=True)
 class RobustnessConfig:
     """Notebook 10's experiments: the memorisation run's profile (``run_profile``) and corpus, the
-    methods, the relearning attack, the sequential run (``per_insertion`` canaries for each
-    insertion count, ``n_requests`` served in a row, by ``sequential_methods``) and the sensitivity
-    seeds."""
+    methods, the relearning attack, the sequential run (on the ``sequential_run_profile``-scale model,
+    ``per_insertion`` canaries for each insertion count, ``n_requests`` served in a row, by
+    ``sequential_methods``; the C3 study of notebook 05 is the same run with the two Fisher methods,
+    on every seed) and the sensitivity seeds."""
 
     profile: str = "small"
     run_profile: str = "tiny"
@@ -112,15 +113,14 @@ class RobustnessConfig:
     methods: tuple[str, ...] = BENCHMARK_METHODS
     relearning: RelearningConfig = field(default_factory=RelearningConfig)
     per_insertion: int = 4
-    n_requests: int = 10
+    n_requests: int = 4
     sequential_methods: tuple[str, ...] = ("fisher_removal", "fisher_forgetting", "gradient_difference", "npo")
     seeds: tuple[int, ...] = (0, 1, 2)
-    c3_run_profile: str = "small"
-    c3_requests: int = 4
+    sequential_run_profile: str = "small"
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
-        "tiny": {"methods": ("fisher_removal", "gradient_ascent"), "sequential_methods": ("fisher_removal",), "n_requests": 3,
-                 "per_insertion": 1, "seeds": (0,), "c3_run_profile": "tiny", "c3_requests": 1},
+        "tiny": {"methods": ("fisher_removal", "gradient_ascent"), "sequential_methods": ("fisher_removal",), "n_requests": 2,
+                 "per_insertion": 1, "seeds": (0,), "sequential_run_profile": "tiny"},
         "small": {},
         "full": {},
     }
@@ -129,10 +129,9 @@ class RobustnessConfig:
         for name in set(self.methods) | set(self.sequential_methods):
             if name not in METHODS:
                 raise ValueError(f"unknown unlearning method {name!r}; expected one of {', '.join(METHODS)}")
-        for name in ("n_requests", "c3_requests"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}: the number of sequential deletion requests")
-        resolve_profile(self.c3_run_profile)
+        if self.n_requests < 1:
+            raise ValueError(f"n_requests must be >= 1, got {self.n_requests}: the number of sequential deletion requests")
+        resolve_profile(self.sequential_run_profile)
         if not self.seeds:
             raise ValueError("the sensitivity study needs at least one seed")
 
@@ -150,16 +149,16 @@ class RobustnessConfig:
         return MemorizationConfig.for_profile(self.run_profile, corpus=self.corpus)
 
     def sequential_run_config(self) -> MemorizationConfig:
-        """The many-canary run of the sequential study: ``per_insertion`` canaries per count, 4-digit secrets."""
-        return MemorizationConfig.for_profile(self.run_profile, corpus=self.corpus, per_insertion=self.per_insertion,
+        """The many-canary run of the sequential study, at the ``sequential_run_profile`` scale (the
+        benchmark's models memorise too little for it at ``small``): ``per_insertion`` canaries per
+        count, 4-digit secrets."""
+        return MemorizationConfig.for_profile(self.sequential_run_profile, corpus=self.corpus, per_insertion=self.per_insertion,
                                               secret_length=4, track_exposure=False)
 
     def c3_config(self) -> "RobustnessConfig":
-        """The sequential study behind C3 (:func:`run_c3_study`): the two Fisher methods serving
-        ``c3_requests`` requests on the ``c3_run_profile``-scale model (``small`` at every profile but
-        ``tiny``), most-inserted canaries first."""
-        return dataclasses.replace(self, run_profile=self.c3_run_profile, n_requests=self.c3_requests,
-                                   sequential_methods=("fisher_removal", "fisher_forgetting"))
+        """The sequential study behind C3 (:func:`run_c3_study`): the sequential study with only the two
+        Fisher methods."""
+        return dataclasses.replace(self, sequential_methods=("fisher_removal", "fisher_forgetting"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -321,7 +320,7 @@ def run_sequential_study(cfg: RobustnessConfig, seed: int = 0, device=None, use_
 
 def run_c3_study(cfg: RobustnessConfig, device=None, use_cache: bool = True, progress: bool = True) -> dict:
     """C3's evidence: the sequential study of :meth:`RobustnessConfig.c3_config` (Fisher Removal and
-    Fisher Forgetting at their defaults, on the ``c3_run_profile``-scale model) on every seed of
+    Fisher Forgetting at their defaults, on the ``sequential_run_profile``-scale model) on every seed of
     ``cfg.seeds``. Per seed: :func:`sequential_summary` and where the requested canaries started
     (:func:`request_start`). Each seed's study is cached on its own. Notebook 05, "C3 over seeds"."""
     c3 = cfg.c3_config()
@@ -329,7 +328,7 @@ def run_c3_study(cfg: RobustnessConfig, device=None, use_cache: bool = True, pro
     for seed in tqdm(c3.seeds, desc="C3 seeds", **progress_options(progress)):
         study = run_sequential_study(c3, seed=seed, device=device, use_cache=use_cache, progress=progress)[0]
         per_seed[seed] = {"summary": sequential_summary(study), "start": request_start(study), "requests": study["requests"]}
-    return {"run_profile": c3.run_profile, "n_requests": c3.n_requests, "seeds": list(c3.seeds), "per_seed": per_seed}
+    return {"run_profile": c3.sequential_run_profile, "n_requests": c3.n_requests, "seeds": list(c3.seeds), "per_seed": per_seed}
 
 
 def request_start(study: dict) -> dict:
