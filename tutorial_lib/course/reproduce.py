@@ -44,6 +44,13 @@ from ..experiments.dp_comparison import (
     run_dp_comparison,
 )
 from ..experiments.memorization import MemorizationConfig, run_memorization
+from ..experiments.pretrained_llm import (
+    PretrainedLLMConfig,
+    pretrained_markdown,
+    pretrained_plot_data,
+    pretrained_summary,
+    run_pretrained_study,
+)
 from ..experiments.recommendations import (
     plot_relearning,
     plot_sensitivity,
@@ -66,6 +73,13 @@ from ..unlearning.verdicts import judge_rows
 from .notebook import library_versions
 from .warm_cache import warm
 from .workers import default_jobs
+
+
+def _use_agg() -> None:
+    """Draw without a screen (the writers save PNGs only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
 
 
 def _save_figure(fig, path: Path) -> Path:
@@ -164,10 +178,7 @@ def robustness_figure(result: dict):
 
 def write_memorization(result, out: Path) -> list[Path]:
     """Write notebook 03's exposure table (markdown + JSON) and figure (PNG) into ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-
+    _use_agg()
     out.mkdir(parents=True, exist_ok=True)
     md = out / "memorization_exposure.md"
     md.write_text("# Memorisation and exposure (notebook 03)\n\n" + result.summary() + "\n\n" + result.table_markdown() + "\n")
@@ -183,10 +194,7 @@ def write_memorization(result, out: Path) -> list[Path]:
 
 def write_unlearning(data: dict, out: Path) -> list[Path]:
     """Write the table of every unlearning method against the oracle (markdown + JSON) and its figure (PNG) into ``out``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-
+    _use_agg()
     out.mkdir(parents=True, exist_ok=True)
     names = [c["name"] for c in data["canaries"]]
     inserted = {c["name"]: c["insertions"] for c in data["canaries"]}
@@ -228,10 +236,7 @@ def write_unlearning(data: dict, out: Path) -> list[Path]:
 
 def write_benchmark(result: dict, out: Path) -> list[Path]:
     """Write the four-corpus benchmark (markdown tables, JSON of every cell and the summary, PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-
+    _use_agg()
     out.mkdir(parents=True, exist_ok=True)
     md = out / "benchmark.md"
     js = out / "benchmark.json"
@@ -249,10 +254,7 @@ def write_benchmark(result: dict, out: Path) -> list[Path]:
 
 def write_dp(comparison: dict, out: Path) -> list[Path]:
     """Write notebook 08's DP-SGD tables (markdown + JSON) and the DP-vs-unlearning figure (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-
+    _use_agg()
     out.mkdir(parents=True, exist_ok=True)
     cfg = comparison["config"]
     parts = ["# DP-SGD on the same canaries (notebook 08)", "",
@@ -274,10 +276,7 @@ def write_dp(comparison: dict, out: Path) -> list[Path]:
 
 def write_case_studies(result: dict, cfg: dict, out: Path) -> list[Path]:
     """Write notebook 09's two scenarios (markdown tables, JSON of every number, PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-
+    _use_agg()
     out.mkdir(parents=True, exist_ok=True)
     md = out / "case_studies.md"
     md.write_text(f"# Real-world case studies (notebook 09)\n\n{cfg['profile']}-scale model on {cfg['corpus']}, "
@@ -287,6 +286,29 @@ def write_case_studies(result: dict, cfg: dict, out: Path) -> list[Path]:
     _write_json(js, {"config": cfg, **result})
     use_style()
     return [md, js, _save_figure(case_studies_figure(result), out / "case_studies.png")]
+
+
+def pretrained_figure(result: dict):
+    """Notebook 11: SmolLM2 fine-tuned with canaries, every method against the re-fine-tuned oracle."""
+    fig, axes = _subplots(f"A pretrained LLM ({result['model_class']}, {result['n_parameters'] / 1e6:.1f}M parameters) forgetting "
+                          f"{result['target']} against the re-fine-tuned oracle (notebook 11)", 1, 2, (13, 4.8))
+    plot_unlearning_methods(pretrained_plot_data(result), axes[0], colours=COLOURS)
+    return fig
+
+
+def write_pretrained(result: dict, cfg: dict, out: Path) -> list[Path]:
+    """Write notebook 11's study (markdown table, JSON of every number, PNG)."""
+    _use_agg()
+    out.mkdir(parents=True, exist_ok=True)
+    scope = "every parameter" if cfg["trainable_blocks"] is None else f"the MLPs of the last {cfg['trainable_blocks']} blocks"
+    (md := out / "pretrained_llm.md").write_text(
+        f"# Unlearning a pretrained LLM (notebook 11)\n\n{cfg['profile']} profile: {cfg['corpus']} ({cfg['max_chars']} characters), "
+        f"canaries inserted {cfg['insertions']} times, {cfg['n_controls']} controls, {cfg['secret_length']}-digit secrets; fine-tuning "
+        f"trains {scope} for {cfg['train']['steps']} steps; verdicts two-sided against the re-fine-tuned oracle.\n\n"
+        + pretrained_markdown(result))
+    js = _write_json(out / "pretrained_llm.json", {"config": cfg, **result, "summary": pretrained_summary(result)})
+    use_style()
+    return [md, js, _save_figure(pretrained_figure(result), out / "pretrained_llm.png")]
 
 
 def _is_wall_time(key) -> bool:
@@ -346,10 +368,7 @@ def c3_markdown(c3: dict) -> str:
 
 def write_robustness(result: dict, out: Path) -> list[Path]:
     """Write notebook 10's tables (markdown, JSON without wall times) and figure (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-
+    _use_agg()
     cfg = result["config"]
     out.mkdir(parents=True, exist_ok=True)
     md = out / "robustness.md"
@@ -412,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"case studies (personal data, verbatim text): {cs_cfg.profile}-scale model")
     result = run_case_study(cs_cfg, seed=args.seed, device=args.device)[0]
     for path in write_case_studies(result, cs_cfg.to_dict(), out):
+        print(f"  wrote {path}")
+    pl_cfg = PretrainedLLMConfig.for_profile(profile)
+    print(f"pretrained LLM: SmolLM2 fine-tuned with canaries, {len(pl_cfg.methods)} methods against the re-fine-tuned oracle")
+    for path in write_pretrained(run_pretrained_study(pl_cfg, seed=args.seed, device=args.device)[0], pl_cfg.to_dict(), out):
         print(f"  wrote {path}")
     print("robustness: relearning attack, sequential requests, sensitivity")
     for path in write_robustness(robustness_experiment(profile, seed=args.seed, device=args.device), out):

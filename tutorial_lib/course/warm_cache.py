@@ -34,6 +34,7 @@ from ..experiments.memorization import (
     train_memorization_model,
     train_retrained_model,
 )
+from ..experiments.pretrained_llm import PretrainedLLMConfig, run_pretrained_study
 from ..experiments.robustness import (
     RobustnessConfig,
     run_relearning_study,
@@ -77,7 +78,9 @@ def warm_jobs(profile: str | None = None, seed: int = 0, device: str | None = No
             jobs.append(Job(own_dp[-1], train_dp_model, (cfg, DPConfig(target_epsilon=eps, max_grad_norm=dp.max_grad_norm), seed, device),
                             quiet))
     # ready jobs start in the order of this list: long ones early, so that the last to finish are short
-    jobs += [Job("notebook 03: exact exposure and estimates", run_memorization, (cfg, seed, device), quiet, (run,)),
+    jobs += [Job("notebook 11: SmolLM2 fine-tuned and unlearned", run_pretrained_study,
+                 (PretrainedLLMConfig.for_profile(profile), seed, device), quiet),
+             Job("notebook 03: exact exposure and estimates", run_memorization, (cfg, seed, device), quiet, (run,)),
              Job("notebook 09: case studies", run_case_study, (CaseStudyConfig.for_profile(profile), seed, device), quiet),
              Job("notebooks 05 and 10: sequential requests", run_sequential_study, (robust, seed, device), quiet, (sequential_run,))]
     c3 = robust.c3_config()  # notebook 05's C3 over seeds: the same run, the two Fisher methods

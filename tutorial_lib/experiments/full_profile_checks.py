@@ -198,14 +198,20 @@ def check_device(device):
 
 
 def check_folder(model_path):
-    """(resolved path, problem or None): a folder with config.json, safetensors weights and a tokenizer."""
+    """(resolved path, problem or None): a folder with config.json, safetensors weights and a tokenizer. Without
+    ``model_path`` and ``$TUTORIAL_MODEL_PATH``: SmolLM2-135M (:func:`~tutorial_lib.core.smollm2.smollm2_path`,
+    obtained on first use)."""
     if model_path is None:
         model_path = os.environ.get(MODEL_PATH_ENV) or None
     if model_path is None:
-        return None, (f"the full profile needs a pretrained model folder; none given (no model_path and ${MODEL_PATH_ENV} "
-                      "is not set). Save a Hugging Face causal LM (e.g. GPT-2) with model.save_pretrained(folder) and "
-                      f"tokenizer.save_pretrained(folder) on a connected machine, copy the folder here and set "
-                      f"{MODEL_PATH_ENV}=/path/to/folder (or --model-path); or use the small profile")
+        from ..core.smollm2 import PretrainedModelError, smollm2_path
+
+        try:
+            model_path = smollm2_path(progress=False)
+        except PretrainedModelError as err:
+            return None, (f"no model_path and ${MODEL_PATH_ENV} is not set, and the default model could not be obtained: {err}. "
+                          f"Set {MODEL_PATH_ENV}=/path/to/folder (or --model-path) to a folder saved with save_pretrained, "
+                          "or use the small profile")
     path = Path(model_path).expanduser()
     if not path.exists():
         return str(path), f"the model folder {str(path)!r} does not exist; set {MODEL_PATH_ENV} (or --model-path) to a folder saved with save_pretrained"

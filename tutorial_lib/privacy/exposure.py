@@ -1,6 +1,7 @@
 """Canary exposure (Carlini et al. 2019): exact over the whole randomness space (every candidate scored
-through a token trie, :mod:`~tutorial_lib.privacy.trie`; brute force for checking), among sampled
-candidates, and the skew-normal estimate from sampled candidates.
+through a token trie, :mod:`~tutorial_lib.privacy.trie`, or only the trie nodes that can still rank at
+or above the secret; brute force for checking), among sampled candidates, and the skew-normal estimate
+from sampled candidates.
 
 Used by notebook 03 and by every notebook that measures forgetting.
 """
@@ -24,6 +25,8 @@ def exposure_from_scores(scores_bits: np.ndarray, secret_index: int) -> tuple[in
     return rank, math.log2(scores.size) - math.log2(rank)
 
 
+#: the ways :func:`compute_exposure` can score the candidates
+EXPOSURE_METHODS = ("trie", "pruned", "bruteforce")
 
 #: the most candidates :func:`compute_exposure` scores (about 150 bytes each while scored: 1.4 GiB)
 MAX_CANDIDATES = 10**7
@@ -61,6 +64,7 @@ class ExposureResult:
     space_size: int
     log_perplexity_bits: float
     seconds: float
+    positions: int | None = None  # forward positions the scoring took (see compute_exposure); None in older results
 
     def summary(self) -> str:
         return (
@@ -96,8 +100,17 @@ def compute_exposure(
     model, tokenizer, canary: Canary, context: str = "\n", device=None, method: str = "trie",
     candidates: int | None = None, seed: int = 0, progress: bool = True,
 ) -> ExposureResult:
-    """Exact exposure of ``canary``: score all |R| candidates (``method`` "trie" or "bruteforce"),
-    rank the true secret. ``context`` is the text before the canary (a line start in training).
+    """Exact exposure of ``canary``: score the |R| candidates, rank the true secret. ``context`` is the
+    text before the canary (a line start in training).
+
+    ``method``: "trie" scores every candidate through the token trie; "pruned" walks the secret's path
+    first and then expands only trie nodes whose partial score does not exceed the secret's (a
+    candidate's score only grows along its path, so the others cannot rank at or above it): the same
+    rank, at far fewer forward positions for a well-memorised secret; "bruteforce" scores every
+    candidate as its own sequence. ``ExposureResult.positions`` counts forward positions: for the
+    trie methods the shared prefix's length plus the internal trie nodes expanded (all ``n_internal``
+    for "trie"; never more for "pruned", which expands the secret's own path once); for "bruteforce"
+    the summed token lengths of the candidates.
 
     ``candidates`` (< |R|) ranks the secret among that many candidates instead: itself and a
     uniform sample (``seed``) of the others, exposure ``log2(candidates) - log2(rank)``. It tracks
@@ -107,8 +120,8 @@ def compute_exposure(
     2 s. The sweeps of notebooks 04 to 06 use 10⁴. ``progress``: a bar over the candidates scored
     (about 11 s for 10⁶ at the small profile), cleared when done inside another bar.
     Notebook 03, "Exposure"."""
-    if method not in ("trie", "bruteforce"):
-        raise ValueError(f"unknown exposure method {method!r}; expected 'trie' or 'bruteforce'")
+    if method not in EXPOSURE_METHODS:
+        raise ValueError(f"unknown exposure method {method!r}; expected one of {', '.join(map(repr, EXPOSURE_METHODS))}")
     space = canary.space
     if candidates is not None and not 2 <= candidates:
         raise ValueError(f"candidates must be at least 2, got {candidates}")
@@ -125,15 +138,17 @@ def compute_exposure(
         others = sample_secrets(space, candidates - 1, np.random.default_rng(seed), exclude=canary.secret)
         secrets, position = others + [canary.secret], candidates - 1
     desc = f"exposure of {canary.name}" if canary.name else "exposure"
-    if method == "trie":
-        scores = score_trie(model, canary_trie(tokenizer, canary, context, secrets), device=device, progress=progress, desc=desc)
-    else:
+    stats: dict = {}
+    if method == "bruteforce":
         texts = canary_texts(canary, context) if secrets is None else [context + canary.prefix + s + canary.suffix for s in secrets]
-        scores = score_candidates_bruteforce(model, tokenizer, texts, device=device, progress=progress, desc=desc)
-    rank, exposure = exposure_from_scores(scores, position)
+        scores = score_candidates_bruteforce(model, tokenizer, texts, device=device, progress=progress, desc=desc, stats=stats)
+    else:
+        scores = score_trie(model, canary_trie(tokenizer, canary, context, secrets), device=device, progress=progress, desc=desc,
+                            prune_at=position if method == "pruned" else None, stats=stats)
+    rank, exposure = exposure_from_scores(scores, position)  # pruned candidates score inf: never counted
     return ExposureResult(
         canary.name, canary.insertions, canary.secret, exposure, rank, len(scores),
-        float(scores[position]), time.perf_counter() - start,
+        float(scores[position]), time.perf_counter() - start, stats["positions"],
     )
 
 

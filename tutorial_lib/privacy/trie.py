@@ -116,11 +116,7 @@ def build_trie(tokenizer, texts: list[str]) -> CandidateTrie:
 
 
 _TAIL_CACHE: dict = {}  # tokenized tails of recent large candidate sets
-
-
 _LEVEL_CACHE: dict = {}  # the trie levels of the most recent one
-
-
 _CACHE_MIN = 50_000
 
 
@@ -159,8 +155,7 @@ def build_split_trie(tokenizer, head: str, tails: list[str], check: int = 256, s
         if key in _TAIL_CACHE:
             _LEVEL_CACHE.clear()
             _LEVEL_CACHE[key] = levels
-    depth, tokens, parents, node_of = levels
-    return CandidateTrie(shared_ids, depth, tokens, parents, node_of)
+    return CandidateTrie(shared_ids, *levels)
 
 
 def _kv_chunk(model, n_layers: int, prefix_len: int, depth: int, budget_bytes: float) -> int:
@@ -168,13 +163,6 @@ def _kv_chunk(model, n_layers: int, prefix_len: int, depth: int, budget_bytes: f
     width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 768)
     bytes_per_row = (prefix_len + depth) * n_layers * 2 * width * 4 + 4 * getattr(config, "vocab_size", 50000)
     return max(1, int(budget_bytes // bytes_per_row))
-
-
-def _scored_before(trie: CandidateTrie, level: int) -> np.ndarray:
-    """``out[j]``: how many candidates end at one of the first ``j`` nodes at depth ``level + 1``
-    (their score is complete once those nodes are), for the progress bar."""
-    ends = trie.depth == level + 1
-    return np.concatenate([[0], np.cumsum(np.bincount(trie.node_of[level][ends], minlength=len(trie.tokens[level])))])
 
 
 # ----------------------------------------------------------------------------------- shared-prefix attention
@@ -291,17 +279,41 @@ def _level_step(model, step, prefix_cache, parent, fast: bool):
     return torch.log_softmax(out.logits[:, -1].double(), dim=-1), own
 
 
+def _walk_path(model, trie: CandidateTrie, leaf: int, prefix_cache, node_logp: np.ndarray, prefix_nll: float, device) -> tuple[dict, float]:
+    """Candidate ``leaf``'s path below the root, batch 1 (plain cached forward): depth -> (node, log-softmax,
+    own keys/values), and its score in bits, added up node by node as :func:`score_trie` does."""
+    nodes = [int(trie.node_of[level][leaf]) for level in range(int(trie.depth[leaf]))]
+    path, parent, logp = {}, None, node_logp[nodes[0]]
+    for level in range(1, len(nodes)):
+        step = torch.as_tensor([[int(trie.tokens[level - 1][nodes[level - 1]])]], device=device)
+        lsm, parent = _level_step(model, step, prefix_cache, parent, False)
+        path[level] = (nodes[level - 1], lsm, parent)
+        logp = logp + lsm[0, int(trie.tokens[level][nodes[level]])].cpu().numpy()
+    return path, float((prefix_nll - logp) / LN2)
+
+
 @torch.no_grad()
 def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float = 64.0, progress: bool = True,
-               desc: str = "scoring candidates", shared_prefix: bool = True) -> np.ndarray:
+               desc: str = "scoring candidates", shared_prefix: bool = True, prune_above: float | None = None,
+               prune_at: int | None = None, stats: dict | None = None) -> np.ndarray:
     """Log-perplexity in bits, ``sum_i -log2 P(x_i | x_<i)``, of every candidate in ``trie``: the shared
     token prefix runs once, then every internal trie node costs one forward position, reusing the
     key/value cache of its parent. ``shared_prefix``: the nodes attend to one copy of the prefix's
     keys and values (checked against the plain cached forward on the first batch; ``False`` always
     uses the plain one). ``progress``: a bar (``desc``) over the candidates scored, cleared when done
-    inside another bar. Notebook 03, "Exact exposure through a trie"."""
+    inside another bar. Notebook 03, "Exact exposure through a trie".
+
+    Pruning: scores only grow along a path, so nodes whose partial score (prefix and path so far, bits)
+    exceeds ``prune_above`` are not expanded; candidates above it get ``np.inf``, the others their full
+    trie scores. ``prune_at`` (a candidate) walks its path first, expanding those nodes once, and prunes
+    above its score plus a relative 1e-6 (rounding between batches never prunes a tie) unless
+    ``prune_above`` is given; its own score is always returned. ``stats`` (a dict) gets ``expanded``,
+    the internal nodes expanded (root included, as in ``n_internal``), ``positions``, prefix length plus
+    ``expanded`` (never above prefix length plus ``n_internal``), and ``internal`` (``n_internal``)."""
     check_causal_lm(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if prune_at is not None and not 0 <= prune_at < trie.n_candidates:
+        raise ValueError(f"prune_at must index one of the {trie.n_candidates:,} candidates, got {prune_at}")
     was_training = model.training
     model.eval()
     bar = tqdm(total=trie.n_candidates, desc=desc, unit="candidate", unit_scale=True, leave=None, **progress_options(progress))
@@ -314,68 +326,87 @@ def score_trie(model, trie: CandidateTrie, device=None, memory_budget_mb: float 
         logp = torch.log_softmax(out.logits[0].double(), dim=-1)
         prefix_nll = float(-logp[:-1].gather(1, prefix[0, 1:, None]).sum()) if shared > 1 else 0.0
         prefix_cache = [(layer.keys, layer.values) for layer in out.cache.layers]
-        n_layers = len(prefix_cache)
         node_logp = [logp[-1, torch.as_tensor(tokens[0], device=device)].cpu().numpy()]
-        if not bar.disable:
-            bar.update(int(_scored_before(trie, 0)[-1]))
+        bar.update(int(np.count_nonzero(trie.depth == 1)))
+        path, kept = ({}, None) if prune_at is None else _walk_path(model, trie, prune_at, prefix_cache, node_logp[0], prefix_nll, device)
+        if kept is not None and prune_above is None:
+            prune_above = kept + 1e-6 * max(1.0, abs(kept))
+        expanded = 1  # the root: the prefix's last position scores its children
         with _AttentionSwitch(model, prefix_cache) as switch:
             fast = shared_prefix and depth_max > 1 and switch.available
             checked = not fast
-            parent_kv = None  # own key/values of the internal nodes one level up, and their rows
+            parent_kv = None  # own key/values of the nodes expanded one level up, and their rows
             for level in range(1, depth_max):
                 child_parent = parents[level]  # sorted: np.unique orders children by parent
                 internal = np.unique(child_parent)
+                if prune_above is not None:  # by partial score
+                    internal = internal[(prefix_nll - node_logp[level - 1][internal]) / LN2 <= prune_above]
+                walked = path.get(level)  # (node, log-softmax, keys/values), expanded by the walk: the last row
+                internal = internal if walked is None else internal[internal != walked[0]]
+                rows = internal if walked is None else np.append(internal, walked[0])
+                n_rows = len(rows)
+                expanded += n_rows
                 internal_pos = np.full(len(tokens[level - 1]), -1, dtype=np.int64)
-                internal_pos[internal] = np.arange(len(internal))
+                internal_pos[rows] = np.arange(n_rows)
+                child_row = internal_pos[child_parent]
                 keep_kv = level + 1 < depth_max
-                child_logp = np.empty(len(child_parent), dtype=np.float64)
+                child_logp = np.full(len(child_parent), -np.inf)  # -inf: below a node not expanded
                 new_kv = None
-                chunk = _kv_chunk(model, n_layers, shared, level, memory_budget_mb * 2**20)
-                scored = None if bar.disable else _scored_before(trie, level)
+                chunk = _kv_chunk(model, len(prefix_cache), shared, level, memory_budget_mb * 2**20)
+                ends = None if bar.disable else np.bincount(node_of[level][trie.depth == level + 1], minlength=len(tokens[level]))
+
+                def fill(lsm, own, first: int, last: int, lo: int, hi: int):
+                    """Children (among ``lo:hi``) of rows ``first:last`` scored from ``lsm``; the rows' keys/values kept."""
+                    nonlocal new_kv
+                    mine = (child_row[lo:hi] >= first) & (child_row[lo:hi] < last)  # children of pruned nodes in between
+                    idx = slice(lo, hi) if mine.all() else lo + np.flatnonzero(mine)
+                    rows, cols = (torch.as_tensor(a, device=device) for a in (child_row[idx] - first, tokens[level][idx]))
+                    child_logp[idx] = node_logp[level - 1][child_parent[idx]] + lsm[rows, cols].cpu().numpy()
+                    if ends is not None:
+                        bar.update(int(ends[idx].sum()))
+                    if keep_kv:
+                        new_kv = new_kv or ([k.new_empty((n_rows, *k.shape[1:])) for k in own[0]],
+                                            [v.new_empty((n_rows, *v.shape[1:])) for v in own[1]], internal_pos)
+                        for store, t in zip(new_kv[0] + new_kv[1], own[0] + own[1]):
+                            store[first:last] = t
+
                 for start in range(0, len(internal), chunk):
                     nodes = internal[start : start + chunk]
                     c = len(nodes)
-                    parent = None
-                    if parent_kv is not None:
-                        sel = torch.as_tensor(parent_kv[2][parents[level - 1][nodes]], device=device)
-                        parent = ([k.index_select(0, sel) for k in parent_kv[0]], [v.index_select(0, sel) for v in parent_kv[1]])
+                    sel = None if parent_kv is None else torch.as_tensor(parent_kv[2][parents[level - 1][nodes]], device=device)
+                    parent = None if sel is None else tuple([t.index_select(0, sel) for t in ts] for ts in parent_kv[:2])
                     step = torch.as_tensor(tokens[level - 1][nodes], device=device).view(c, 1)
                     if not checked:  # the first batch both ways: keep the shared-prefix attention only where they agree
                         checked = True
                         switch.use(True)
                         lsm, own = _level_step(model, step, prefix_cache, parent, True)
                         switch.use(False)
-                        plain, plain_own = _level_step(model, step, prefix_cache, parent, False)
+                        plain = _level_step(model, step, prefix_cache, parent, False)
                         tolerance = 1e-9 if prefix_cache[0][0].dtype == torch.float64 else 1e-3
-                        fast = bool((lsm - plain).abs().max() <= tolerance)
-                        if fast:
-                            switch.use(True)
-                        else:
-                            lsm, own = plain, plain_own
+                        fast = bool((lsm - plain[0]).abs().max() <= tolerance)
+                        switch.use(fast)
+                        lsm, own = (lsm, own) if fast else plain
                     else:
                         lsm, own = _level_step(model, step, prefix_cache, parent, fast)
-                    lo, hi = np.searchsorted(child_parent, [nodes[0], nodes[-1] + 1])
-                    rows = torch.as_tensor(internal_pos[child_parent[lo:hi]] - start, device=device)
-                    cols = torch.as_tensor(tokens[level][lo:hi], device=device)
-                    child_logp[lo:hi] = node_logp[level - 1][child_parent[lo:hi]] + lsm[rows, cols].cpu().numpy()
-                    if scored is not None:
-                        bar.update(int(scored[hi] - scored[lo]))
-                    if keep_kv:
-                        if new_kv is None:
-                            new_kv = ([], [], internal_pos)
-                            for store, ts in ((new_kv[0], own[0]), (new_kv[1], own[1])):
-                                for t in ts:
-                                    store.append(torch.empty((len(internal), t.shape[1], level, t.shape[3]), dtype=t.dtype, device=device))
-                        for layer in range(n_layers):
-                            new_kv[0][layer][start : start + c] = own[0][layer]
-                            new_kv[1][layer][start : start + c] = own[1][layer]
+                    fill(lsm, own, start, start + c, *np.searchsorted(child_parent, [nodes[0], nodes[-1] + 1]))
+                if walked is not None:
+                    fill(walked[1], walked[2], len(internal), n_rows, *np.searchsorted(child_parent, [walked[0], walked[0] + 1]))
                 node_logp.append(child_logp)
                 parent_kv = new_kv
         total = np.full(trie.n_candidates, prefix_nll, dtype=np.float64)
         for level in range(1, depth_max + 1):
             ends = trie.depth == level
             total[ends] -= node_logp[level - 1][node_of[level - 1][ends]]
-        return total / LN2
+        scores = total / LN2
+        if prune_above is not None:
+            scores[scores > prune_above] = np.inf
+        if kept is not None:
+            scores[prune_at] = kept
+        if stats is not None:
+            stats.update(positions=shared + expanded, expanded=expanded, internal=trie.n_internal)
+        if not bar.disable:  # the candidates pruned unscored: the bar still ends full
+            bar.update(bar.total - bar.n)
+        return scores
     finally:
         bar.close()
         model.train(was_training)
@@ -389,9 +420,10 @@ def score_candidates(model, tokenizer, texts: list[str], device=None, progress: 
 
 @torch.no_grad()
 def score_candidates_bruteforce(model, tokenizer, texts: list[str], device=None, batch_size: int = 512, progress: bool = True,
-                                desc: str = "scoring candidates") -> np.ndarray:
+                                desc: str = "scoring candidates", stats: dict | None = None) -> np.ndarray:
     """The naive way: every text scored as its own full sequence (same tokens as :func:`score_candidates`).
-    Ground truth for the trie and the baseline in ``bench/``. Notebook 03, "Exact exposure through a trie"."""
+    Ground truth for the trie and the baseline in ``bench/``. ``stats`` (a dict) receives ``positions``,
+    the summed token lengths of the texts (padding not counted). Notebook 03, "Exact exposure through a trie"."""
     check_causal_lm(model)
     check_texts(texts)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -400,6 +432,8 @@ def score_candidates_bruteforce(model, tokenizer, texts: list[str], device=None,
     bar = tqdm(total=len(texts), desc=desc, unit="candidate", unit_scale=True, leave=None, **progress_options(progress))
     try:
         array, lengths, _ = _encode(tokenizer, texts)
+        if stats is not None:
+            stats["positions"] = int(lengths.sum())
         out = np.empty(len(texts), dtype=np.float64)
         for start in range(0, len(texts), batch_size):
             ids = torch.as_tensor(array[start : start + batch_size], device=device)
