@@ -26,7 +26,7 @@ def test_config_rejects_bad_values_and_scales_with_the_profile():
         PretrainedLLMConfig(methods=("newton",))
     tiny, small, full = (PretrainedLLMConfig.for_profile(p) for p in ("tiny", "small", "full"))
     assert (small.secret_length, small.trainable_blocks, full.secret_length, full.trainable_blocks) == (4, 2, 6, None)
-    assert tiny.train.steps == small.train.steps < full.train.steps and len(tiny.methods) < len(small.methods)
+    assert tiny.train.steps < small.train.steps < full.train.steps and len(tiny.methods) < len(small.methods)
     removal = small.method_config("fisher_removal", ("model.layers.29.mlp",))
     assert removal.params == ("model.layers.29.mlp",) and removal.block_size == small.train.block_size == 32
 
@@ -58,8 +58,8 @@ def test_the_study_on_smollm2_holds_its_bands():
     """The real pretrained model, notebook 11's fine-tuning of its last two MLPs (the ``small`` study, from the
     shared cache: the warm-up computes it before the tests, about 6 min without it): the canary stands out
     after fine-tuning and not before, the oracle does not know it, and Fisher Removal lands within 2 bits of
-    the oracle with perplexity at most 10 % above the fine-tuned model's (the tiny profile's study is the same
-    model with fewer methods)."""
+    the oracle with perplexity at most 10 % above the fine-tuned model's (the tiny profile's study only
+    checks that the reproduction runs end to end)."""
     cfg = PretrainedLLMConfig.for_profile("small")
     result, _ = run_pretrained_study(cfg, seed=0, device="cpu", progress=False)
     assert result["model_class"] == "LlamaForCausalLM" and set(result["models"]) == {"pretrained", "fine_tuned", "oracle", *cfg.methods}

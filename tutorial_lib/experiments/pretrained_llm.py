@@ -68,7 +68,7 @@ REFERENCES = ("pretrained", "fine_tuned", "oracle")
 
 def _fine_tuning(profile: str) -> TrainConfig:
     small = {"steps": 80, "batch_size": 16, "block_size": 32, "lr": 5e-4, "warmup_steps": 5, "eval_every": 80, "eval_blocks": 16}
-    rows = {"tiny": {**small, "eval_blocks": 8}, "small": small,
+    rows = {"tiny": {**small, "steps": 10, "warmup_steps": 2, "eval_every": 10, "eval_blocks": 4}, "small": small,
             "full": {"steps": 300, "batch_size": 32, "block_size": 64, "lr": 5e-5, "warmup_steps": 30, "eval_every": 100,
                      "eval_blocks": 64}}
     return TrainConfig(**rows[profile])
@@ -94,7 +94,7 @@ class PretrainedLLMConfig:
     continuation_tokens: int = 8
 
     PROFILE_DEFAULTS: ClassVar[dict[str, dict]] = {
-        "tiny": {"methods": ("fisher_removal", "npo")},
+        "tiny": {"max_chars": 6_000, "insertions": (40,), "n_controls": 1, "methods": ("fisher_removal",), "continuation_tokens": 4},
         "small": {},
         "full": {"max_chars": 200_000, "secret_length": 6, "trainable_blocks": None},
     }
@@ -112,9 +112,10 @@ class PretrainedLLMConfig:
 
     @classmethod
     def for_profile(cls, profile: str | None = None, **overrides) -> "PretrainedLLMConfig":
-        """``tiny`` (tests): ``small``'s fine-tuned model, so the same numbers, with two methods (the
-        methods' settings hold for that model only: with one canary fewer in the same corpus, Fisher Removal's
-        step raised perplexity ×1.77 instead of ×1.03); ``small`` (CPU, minutes): 4-digit
+        """``tiny`` (the reproduction's end-to-end test, a couple of minutes): one canary, one control, 10
+        fine-tuning steps, Fisher Removal only; its numbers carry no claim (the methods' settings are tuned for
+        ``small``'s fine-tuned model and do not transfer: with one canary fewer, Fisher Removal's step raised
+        perplexity ×1.77 instead of ×1.03); ``small`` (CPU, minutes): 4-digit
         secrets, the last two MLPs trained; ``full`` (one GPU): 6-digit secrets, every parameter; then ``overrides``."""
         profile = resolve_profile(profile)
         return config_for_profile(cls, profile, overrides, profile=profile, train=_fine_tuning(profile))
