@@ -66,13 +66,13 @@ def test_reproduction_writes_tables_and_figure(tmp_path, monkeypatch, tiny_cache
         assert '"seconds"' not in text and '_seconds"' not in text and "fraction_of_retraining" not in text, written.name
     assert (out / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first = {name: (out / name).read_bytes() for name in ("memorization_exposure.json", "benchmark.json", "unlearning_methods.json",
-                                                          "dp_sgd.json", "case_studies.json", "robustness.json")}
+                                                          "dp_sgd.json", "case_studies.json", "robustness.json", "pretrained_llm.json")}
     assert main(["--profile", "tiny", "--out", str(out), "--device", "cpu"]) == 0  # again, same seed: the same numbers
     assert {name: (out / name).read_bytes() for name in first} == first
     png = (out / "memorization_exposure.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     tables = sorted(p.stem for p in out.glob("*.md"))  # every results table has its figure
-    assert len(tables) == 6 and all((out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in tables), tables
+    assert len(tables) == 7 and all((out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in tables), tables
 
 
 def test_warm_cache_trains_once_then_finds_every_model(tmp_path, monkeypatch):
