@@ -36,6 +36,7 @@ from ..core.models import load_pretrained, pretrained_fingerprint
 from ..core.profiles import Bands, config_for_profile, progress_options, resolve_device, resolve_profile
 from ..core.smollm2 import WHEEL_SHA256, smollm2_path
 from ..core.training import TrainConfig, TrainHistory, train_language_model
+from ..curvature.per_sample import select_parameters
 from ..privacy.exposure import compute_exposure
 from ..privacy.mia import generate_continuations
 from ..unlearning.api import METHODS, unlearn
@@ -161,8 +162,9 @@ def fine_tune(model, train_ids, val_ids, cfg: TrainConfig, trainable: tuple[str,
     start = time.perf_counter()
     tuned = copy.deepcopy(model)
     if trainable is not None:
-        for name, p in tuned.named_parameters():
-            p.requires_grad_(any(name == t or name.startswith(t + ".") for t in trainable))
+        chosen = {id(p) for p in select_parameters(tuned, list(trainable)).parameters(tuned)}
+        for p in tuned.parameters():
+            p.requires_grad_(id(p) in chosen)
     try:
         history = train_language_model(tuned, train_ids, val_ids, cfg, seed=seed, device=device, progress=progress)
     finally:
@@ -225,8 +227,7 @@ def run_pretrained_study(cfg: PretrainedLLMConfig, seed: int = 0, device=None, u
             bar.close()
         return {"target": target.name, "canaries": [c.to_dict() for c in canaries], "max_bits": cfg.space.bits,
                 "trainable": list(trainable) if trainable is not None else None,
-                "n_trainable": sum(p.numel() for n, p in model.named_parameters()
-                                   if trainable is None or any(n.startswith(t + ".") for t in trainable)),
+                "n_trainable": select_parameters(model, list(trainable) if trainable is not None else None).dim,
                 "n_parameters": sum(p.numel() for p in model.parameters()), "model_class": type(model).__name__,
                 "train_lines": len(inserted.lines), "train_loss": tuned.history.train_loss[-1], "models": models, "errors": errors,
                 "configs": configs}
